@@ -1,0 +1,177 @@
+"""Clipping that keeps None in place, IndexedSlices sparse, dtypes intact, and damage local."""
+
+from safegrad import _validate
+from safegrad._compat import colocate_with, tf
+from safegrad._norm import _HALF_TYPES, _rescaled_norm, dedup_slices, dense_equivalent_values, inspect
+from safegrad._structure import GradientList
+
+
+def clip_scale(norm, clip_norm):
+    """``min(1, clip_norm / norm)`` elementwise, as float32; exactly 1.0 when ``norm <= clip_norm``
+    (so unclipped gradients stay bit-for-bit unchanged), when ``norm`` is 0 (no 0/0), and when
+    ``norm`` is NaN/Inf (a non-finite gradient is not smeared over the others)."""
+    clip_norm = tf.cast(clip_norm, tf.float32)
+    scale = clip_norm / tf.maximum(norm, clip_norm)
+    return tf.where(tf.math.is_finite(norm), scale, tf.ones_like(scale))
+
+
+def scale_gradient(gradient, scale):
+    """``gradient * scale`` (float32 scalar) with the gradient's dtype and form kept."""
+    if gradient is None:
+        return None
+    sparse = isinstance(gradient, tf.IndexedSlices)
+    values = gradient.values if sparse else gradient
+    with colocate_with(values):
+        if values.dtype in _HALF_TYPES:
+            # A float16 scale would underflow for large norms; scale in float32 instead.
+            scaled = tf.cast(tf.cast(values, tf.float32) * scale, values.dtype)
+        else:
+            scaled = values * tf.cast(scale, values.dtype)
+    if sparse:
+        return tf.IndexedSlices(scaled, gradient.indices, gradient.dense_shape)
+    return scaled
+
+
+def clip_values(gradient, bounds):
+    """Elementwise clip to ``bounds`` = (min, max); IndexedSlices are first summed per index, so
+    the clip applies to the dense equivalent (and the result has unique indices)."""
+    if gradient is None:
+        return None
+    low, high = bounds
+    if isinstance(gradient, tf.IndexedSlices):
+        summed, unique_indices = dedup_slices(gradient)
+        clipped = tf.clip_by_value(summed, tf.cast(low, summed.dtype), tf.cast(high, summed.dtype))
+        return tf.IndexedSlices(clipped, unique_indices, gradient.dense_shape)
+    with colocate_with(gradient):
+        return tf.clip_by_value(gradient, tf.cast(low, gradient.dtype), tf.cast(high, gradient.dtype))
+
+
+def clip_by_global_norm(grads, clip_norm, use_norm=None):
+    """Scales gradients so their global norm is at most ``clip_norm``; drop-in for
+    ``tf.clip_by_global_norm``.
+
+    Differences from TensorFlow's version, all deliberate:
+
+    * ``grads`` may also be (gradient, variable) pairs; the result has the same form.
+    * The norm is that of ``safegrad.global_norm``: sparse duplicates summed, float16 accumulated
+      in float32, no overflow for finite gradients.
+    * When the global norm is NaN/Inf the gradients are returned unscaled, so the damage stays in
+      the variables that caused it (TensorFlow turns every entry into NaN).
+    * A zero norm leaves the gradients unchanged; ``None`` stays ``None``; ``IndexedSlices`` stay
+      ``IndexedSlices`` with the same indices and dense_shape; dtypes are kept.
+
+    Args:
+      grads: a list of gradients (Tensor, IndexedSlices or None), or of (gradient, variable)
+        pairs as returned by ``compute_gradients``.
+      clip_norm: the maximum global norm, a number > 0 or a scalar tensor.
+      use_norm: optional precomputed global norm to use instead of computing it.
+
+    Returns:
+      ``(clipped, global_norm)``: the clipped gradients in the form of ``grads`` and the float32
+      global norm before clipping (``use_norm`` if given).
+
+    Example:
+      >>> grads_and_vars = optimizer.compute_gradients(loss)
+      >>> clipped, norm = safegrad.clip_by_global_norm(grads_and_vars, 1.0)
+      >>> train_op = optimizer.apply_gradients(clipped)
+    """
+    if clip_norm is None:
+        raise ValueError("`clip_norm` must be > 0 and finite. Received: clip_norm=None")
+    _validate.positive_scalar(clip_norm, "clip_norm")
+    form = GradientList.parse(grads, "grads")
+    with tf.name_scope("safegrad_clip_by_global_norm"):
+        if use_norm is None:
+            present = [g for g in form.gradients if g is not None]
+            if not present:
+                return form.rebuild(form.gradients), tf.constant(0.0, tf.float32)
+            norm = inspect([dense_equivalent_values(g) for g in present]).global_norm
+        else:
+            _validate._static_scalar(use_norm, "use_norm")
+            norm = tf.cast(use_norm, tf.float32)
+        scale = clip_scale(norm, _validate.runtime_positive(clip_norm, "clip_norm"))
+        clipped = [scale_gradient(g, scale) for g in form.gradients]
+    return form.rebuild(clipped), norm
+
+
+def clip_per_variable(grads, clip_norm=None, clip_value=None):
+    """Clips each gradient on its own: elementwise to ``clip_value``, then to norm ``clip_norm``.
+
+    Args:
+      grads: a list of gradients (Tensor, IndexedSlices or None), or of (gradient, variable)
+        pairs as returned by ``compute_gradients``.
+      clip_norm: optional maximum L2 norm of each gradient (number > 0 or scalar tensor). The norm
+        is that of the dense equivalent; a gradient whose norm is NaN/Inf is left unscaled.
+      clip_value: optional elementwise bound: ``c`` means [-c, c] (c > 0), or a ``(min, max)``
+        pair. ``IndexedSlices`` are summed per index first, so the bound holds for the dense
+        equivalent; the result then has unique indices.
+
+    Returns:
+      The clipped gradients, in the form of ``grads`` (None stays None in place).
+
+    Raises:
+      ValueError: if neither ``clip_norm`` nor ``clip_value`` is given, or either is invalid.
+
+    Example:
+      >>> safegrad.clip_per_variable(grads_and_vars, clip_norm=5.0, clip_value=10.0)
+    """
+    _validate.positive_scalar(clip_norm, "clip_norm")
+    bounds = _validate.clip_value_bounds(clip_value)
+    if clip_norm is None and bounds is None:
+        raise ValueError(
+            "clip_per_variable needs `clip_norm` or `clip_value`. Received: clip_norm=None, "
+            "clip_value=None"
+        )
+    form = GradientList.parse(grads, "grads")
+    present = form.present
+    gradients = list(form.gradients)
+    if not present:
+        return form.rebuild(gradients)
+    with tf.name_scope("safegrad_clip_per_variable"):
+        if bounds is not None:
+            gradients = [clip_values(g, bounds) for g in gradients]
+        if clip_norm is not None:
+            norms = inspect([dense_equivalent_values(gradients[i]) for i in present], per_gradient=True).norms
+            scales = clip_scale(norms, _validate.runtime_positive(clip_norm, "clip_norm"))
+            for k, i in enumerate(present):
+                gradients[i] = scale_gradient(gradients[i], scales[k])
+    return form.rebuild(gradients)
+
+
+def clip_for_policy(gradients, values, raw, policy):
+    """The clipping of one safegrad step: value, then per-variable norm, then global norm.
+
+    Args:
+      gradients: the present (non-None) raw gradients.
+      values: their dense-equivalent accumulable values (as inspected into ``raw``).
+      raw: the ``Inspection`` of the raw gradients; its norms are reused whenever the gradients
+        they describe have not been changed by an earlier clipping stage, so the common cases
+        read every gradient only once.
+      policy: the step's ``StepPolicy``.
+
+    Returns:
+      ``(clipped gradients, clipped)``: ``clipped`` is a bool scalar, True when a per-variable or
+      the global norm bound was active.
+    """
+    clipped = tf.constant(False)
+    norms = raw.norms
+    global_norm = raw.global_norm
+    if policy.clip_bounds is not None:
+        gradients = [clip_values(g, policy.clip_bounds) for g in gradients]
+        values = [dense_equivalent_values(g) for g in gradients]
+        fresh = inspect(values, per_gradient=policy.per_variable_clip_norm is not None)
+        norms, global_norm = fresh.norms, fresh.global_norm
+    if policy.per_variable_clip_norm is not None:
+        limit = _validate.runtime_positive(policy.per_variable_clip_norm, "per_variable_clip_norm")
+        scales = clip_scale(norms, limit)
+        gradients = [scale_gradient(g, scales[k]) for k, g in enumerate(gradients)]
+        clipped = tf.logical_or(clipped, tf.reduce_any(scales < 1.0))
+        # The global norm of the scaled gradients follows from the per-gradient norms: no re-read.
+        global_norm = tf.where(
+            tf.reduce_all(tf.math.is_finite(norms)), _rescaled_norm(norms * scales), global_norm
+        )
+    if policy.clip_norm is not None:
+        limit = _validate.runtime_positive(policy.clip_norm, "clip_norm")
+        scale = clip_scale(global_norm, limit)
+        gradients = [scale_gradient(g, scale) for g in gradients]
+        clipped = tf.logical_or(clipped, scale < 1.0)
+    return gradients, clipped

@@ -1,0 +1,302 @@
+"""Every TensorFlow- and Keras-version difference safegrad knows about, in one module.
+
+The rest of safegrad is written once, against ``tensorflow.compat.v2`` (``tf``), and uses
+``tensorflow.compat.v1`` (``tf1``) only for graphs, sessions and v1 optimizers. Whatever differs
+between TF 1.15 and the newest TF, or between Keras 2, the Keras 2.11 optimizers and Keras 3, is
+decided here, by feature detection wherever a feature can be tested. Each shim names the versions
+that need it, so it can be deleted when those versions are dropped.
+
+Nothing here imports Keras eagerly: under TF >= 2.16 touching ``tf.keras`` loads Keras 3, which
+costs seconds, and a TF1 user of safegrad never needs it.
+"""
+
+import re
+
+MIN_TF_VERSION = (1, 15)
+
+try:
+    import tensorflow as _tf_root
+except ImportError as _error:  # pragma: no cover - exercised only without TensorFlow
+    raise ImportError(
+        "safegrad needs TensorFlow >= {}.{}, but TensorFlow is not installed. Install the build you "
+        "want, e.g. `pip install tensorflow` or `pip install tensorflow-cpu`, or "
+        "`pip install 'safegrad[tf]'`.".format(*MIN_TF_VERSION)
+    ) from _error
+
+
+def _parse_version(text):
+    match = re.match(r"(\d+)\.(\d+)", text or "")
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+TF_VERSION_STRING = getattr(_tf_root, "__version__", "0.0")
+TF_VERSION = _parse_version(TF_VERSION_STRING)
+
+if TF_VERSION < MIN_TF_VERSION:
+    raise ImportError(
+        "safegrad needs TensorFlow >= {}.{}; found TensorFlow {} at {}. Upgrade it, e.g. "
+        "`pip install -U tensorflow`.".format(
+            MIN_TF_VERSION[0], MIN_TF_VERSION[1], TF_VERSION_STRING, getattr(_tf_root, "__file__", "?")
+        )
+    )
+
+from tensorflow.compat import v1 as tf1  # noqa: E402  (after the version check on purpose)
+from tensorflow.compat import v2 as tf  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# Execution context
+# ---------------------------------------------------------------------------------------------
+
+
+def executing_eagerly():
+    return tf.executing_eagerly()
+
+
+def inside_function():
+    """True while tracing a tf.function body (or a cond_v2/while_v2 branch function)."""
+    return bool(getattr(tf1.get_default_graph(), "building_function", False))
+
+
+def outer_context_key():
+    """The graph that variables created now would live in, or None when that is eager.
+
+    ``tf.init_scope`` lifts out of ``tf.function`` bodies and control-flow branches, so a
+    ``tf.function`` traced several times, or a cond branch, maps to the same key as its caller.
+    """
+    with tf.init_scope():
+        if tf.executing_eagerly():
+            return None
+        return tf1.get_default_graph()
+
+
+def colocate_with(tensor):
+    """Colocates graph ops with ``tensor`` (as ``tf.clip_by_global_norm`` does); no-op eagerly."""
+    if tf.executing_eagerly():
+        return _NullContext()
+    return tf1.colocate_with(tensor)
+
+
+class _NullContext(object):
+    # contextlib.nullcontext is Python >= 3.7 only in name; this keeps one spelling everywhere.
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def raise_invalid_argument(message):
+    """Raises the error a failed graph assertion would raise, eagerly, with ``message`` verbatim."""
+    raise tf.errors.InvalidArgumentError(None, None, message)
+
+
+def as_control_input(value):
+    """``value`` if it can be a control dependency (an op or tensor), else None.
+
+    Keras 3 optimizers return a Keras variable from ``apply_gradients``; inside a ``tf.function``
+    automatic control dependencies order its updates anyway, so it is simply not listed.
+    """
+    if isinstance(value, (tf1.Operation, tf.Tensor)):
+        return value
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Variables
+# ---------------------------------------------------------------------------------------------
+
+_TENSOR_SUFFIX = re.compile(r":\d+$")
+
+
+def is_variable(value):
+    """True for tf.Variable (ref or resource, mirrored, autocast) and for Keras 3 variables.
+
+    Keras 3 variables are not ``tf.Variable`` subclasses, so this is duck-typed.
+    """
+    if isinstance(value, tf.Variable):
+        return True
+    return all(hasattr(value, attr) for attr in ("assign", "assign_add", "dtype", "shape", "name"))
+
+
+def variable_name(variable):
+    """The name a user recognises: Keras 3 ``path`` ('sequential/dense/kernel'), else the TF name
+    without its ':0' output suffix ('dense/kernel', 'poisoned_weight')."""
+    path = getattr(variable, "path", None)  # Keras 3 variables (TF >= 2.16)
+    if isinstance(path, str) and path:
+        return path
+    name = getattr(variable, "name", None)
+    if isinstance(name, str) and name:
+        return _TENSOR_SUFFIX.sub("", name)
+    return repr(variable)
+
+
+def trainable_variables_in_graph():
+    """What ``tf1.train.Optimizer.compute_gradients`` optimises by default in a graph."""
+    variables = list(tf1.trainable_variables())
+    variables += [
+        v
+        for v in tf1.get_collection(tf1.GraphKeys.TRAINABLE_RESOURCE_VARIABLES)
+        if all(v is not w for w in variables)
+    ]
+    return variables
+
+
+def new_state_variable(initial_value, dtype, name):
+    """A non-trainable resource variable for safegrad's own state (counters, last-step stats).
+
+    Created under ``tf.init_scope`` so that a ``tf.function`` or cond branch creates it once, in
+    the outer context; in a graph it joins GLOBAL_VARIABLES, so ``tf1.train.Saver`` and
+    ``global_variables_initializer`` see it.
+    """
+    with tf.init_scope():
+        return tf.Variable(initial_value, dtype=dtype, trainable=False, name=name)
+
+
+def track(owner, trackable, name):
+    """Makes ``tf.train.Checkpoint(optimizer=owner)`` save ``trackable`` too.
+
+    ``_track_trackable`` is the one private hook every Trackable has had from TF 1.15 to 2.21 (v1
+    optimizers, Keras 2 and Keras 3 optimizers alike); without it there is nothing to do.
+    """
+    hook = getattr(owner, "_track_trackable", None)
+    if hook is None:
+        return False
+    try:
+        hook(trackable, name=name, overwrite=True)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer families
+# ---------------------------------------------------------------------------------------------
+
+V1 = "tf.compat.v1.train.Optimizer"
+KERAS_V2 = "Keras 2 OptimizerV2"  # tf.keras.optimizers in TF 2.0-2.10; `.legacy` in 2.11-2.15/tf-keras
+KERAS_2_11 = "Keras 2 optimizer (TF 2.11-2.15, tf-keras)"  # the rewritten optimizer of Keras 2.11+
+KERAS_3 = "Keras 3 optimizer"  # tf.keras in TF >= 2.16 without TF_USE_LEGACY_KERAS
+
+KERAS_FAMILIES = (KERAS_V2, KERAS_2_11, KERAS_3)
+
+
+def optimizer_family(optimizer):
+    """Which optimizer API ``optimizer`` speaks, or None if it is not an optimizer."""
+    if isinstance(optimizer, tf1.train.Optimizer):
+        return V1
+    cls = type(optimizer)
+    if not callable(getattr(cls, "apply_gradients", None)):
+        return None
+    # Keras 3 only: its base class has `stateless_apply` (JAX-style API shared by all backends).
+    if callable(getattr(cls, "stateless_apply", None)):
+        return KERAS_3
+    # Keras 2 OptimizerV2 (TF 2.0-2.10, and the `legacy` optimizers of 2.11-2.15 / tf-keras).
+    if callable(getattr(cls, "_create_all_weights", None)) and callable(getattr(cls, "get_slot", None)):
+        return KERAS_V2
+    # The Keras 2.11+ optimizer: `build(var_list)` plus `exclude_from_weight_decay`.
+    if callable(getattr(cls, "build", None)) and callable(getattr(cls, "exclude_from_weight_decay", None)):
+        return KERAS_2_11
+    return None
+
+
+def optimizer_iterations(optimizer, family):
+    """The Keras step counter, or None for v1 optimizers (they use `global_step`)."""
+    if family in KERAS_FAMILIES:
+        return optimizer.iterations
+    return None
+
+
+def compute_gradients(optimizer, family, loss, var_list, tape):
+    """Obtains (gradient, variable) pairs for ``loss`` the way each mode and family expects.
+
+    * ``tape`` given: ``tape.gradient`` (TF2 eager / tf.function with a recorded loss tensor).
+    * v1 optimizer otherwise: ``optimizer.compute_gradients`` - callable losses in eager and
+      tf.function, tensors in graphs - so subclasses that hook it (loss scaling, Horovod's
+      all-reduce, replica loss scaling under tf.distribute) keep working.
+    * Keras optimizer: a GradientTape around a callable loss; ``tf.gradients`` for a tensor loss
+      in a graph. (Keras optimizers have no graph-mode ``compute_gradients``; Keras 3 has none.)
+    """
+    if tape is not None:
+        variables = _resolve_var_list(var_list)
+        if variables is None:
+            variables = list(tape.watched_variables())
+        return list(zip(tape.gradient(loss, variables), variables))
+    if family == V1:
+        return list(optimizer.compute_gradients(loss, var_list=var_list))
+    if callable(loss):
+        explicit = _resolve_var_list(var_list)
+        with tf.GradientTape() as recorded:
+            for variable in explicit or ():
+                if isinstance(variable, tf.Variable):
+                    recorded.watch(variable)
+            loss_value = loss()
+        variables = _resolve_var_list(var_list)
+        if variables is None:
+            variables = list(recorded.watched_variables())
+        return list(zip(recorded.gradient(loss_value, variables), variables))
+    variables = _resolve_var_list(var_list)
+    if variables is None:
+        variables = trainable_variables_in_graph()
+    if not variables:
+        raise ValueError("No variables to optimize: pass `var_list`. Received: var_list=None")
+    return list(zip(tf.gradients(loss, variables), variables))
+
+
+def _resolve_var_list(var_list):
+    if var_list is None:
+        return None
+    if callable(var_list):
+        var_list = var_list()
+    return list(var_list)
+
+
+def prepare_optimizer(optimizer, family, variables):
+    """Creates the optimizer's slots/accumulators/iteration counter now, outside any tf.cond.
+
+    A skipped step must leave every optimizer variable untouched, so the update runs inside a
+    cond; variables must not be first created inside a branch. v1 optimizers lift slot creation
+    with ``init_scope`` themselves (TF 1.15-2.x ``apply_gradients``), as does Keras 2.11+
+    ``apply_gradients``; the other families need it done here.
+    """
+    with tf.init_scope():
+        if family == KERAS_V2:
+            optimizer._create_all_weights(variables)  # Keras OptimizerV2, TF 2.2-2.15 / tf-keras
+        elif family == KERAS_2_11:
+            optimizer.build(variables)  # idempotent once built
+        elif family == KERAS_3:
+            if not optimizer.built:
+                optimizer.build(variables)
+
+
+def apply_gradients(optimizer, family, grads_and_vars, global_step, name):
+    """Applies ``grads_and_vars`` (no None gradients) and advances ``global_step`` by one.
+
+    Returns a list of control inputs that complete the update (empty when nothing needs listing).
+    """
+    grads_and_vars = list(grads_and_vars)
+    if family == V1:
+        return [optimizer.apply_gradients(grads_and_vars, global_step=global_step, name=name)]
+    if family == KERAS_3:
+        result = optimizer.apply_gradients(grads_and_vars)  # Keras 3 takes no `name`
+    else:
+        result = optimizer.apply_gradients(grads_and_vars, name=name)
+    deps = [d for d in [as_control_input(result)] if d is not None]
+    if global_step is None:
+        return deps
+    with tf.control_dependencies(deps):
+        return deps + [_assign_add_op(global_step, 1)]
+
+
+def _assign_add_op(variable, delta):
+    result = variable.assign_add(tf.cast(delta, variable.dtype))
+    return as_control_input(result)
+
+
+def graph_mode_unsupported(family):
+    """Why ``family`` cannot build a TF1-style graph step, or None if it can."""
+    if family == KERAS_3:
+        return (
+            "Keras 3 optimizers run only eagerly or inside tf.function, not in a "
+            "tf.compat.v1 graph/Session. Use a tf.compat.v1.train optimizer there."
+        )
+    return None

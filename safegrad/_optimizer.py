@@ -1,0 +1,120 @@
+"""SafeOptimizer: the clip_and_apply semantics behind the optimizer interface code already uses."""
+
+from safegrad import _compat
+from safegrad._compat import tf1
+from safegrad._state import step_state
+from safegrad._step import StepPolicy, apply_gradients_safely, check_optimizer
+
+
+class SafeOptimizer(tf1.train.Optimizer):
+    """Wraps a ``tf.compat.v1.train.Optimizer`` so existing training code becomes safe.
+
+    ``minimize(loss, global_step=...)``, ``compute_gradients`` and
+    ``apply_gradients(grads_and_vars, global_step=...)`` keep working and get exactly the
+    semantics of ``safegrad.clip_and_apply``: the finite check on the raw gradients, clipping
+    (value -> per-variable norm -> global norm), and ``on_nonfinite`` raise / skip / ignore, with
+    ``global_step`` advancing only on applied updates. Slots, ``get_slot``, ``variables()``, the
+    learning rate and any other public attribute are the wrapped optimizer's. Works with
+    ``tf.compat.v1.train.Saver``, ``MonitoredTrainingSession`` and ``tf.train.Checkpoint``.
+
+    Args:
+      optimizer: the ``tf.compat.v1.train.Optimizer`` to wrap.
+      clip_norm: optional bound on the global norm of all gradients.
+      per_variable_clip_norm: optional bound on the norm of each gradient.
+      clip_value: optional elementwise bound: ``c`` for [-c, c], or a ``(min, max)`` pair.
+      on_nonfinite: ``"raise"`` (default), ``"skip"`` or ``"ignore"``; see ``clip_and_apply``.
+      max_consecutive_skips: with ``"skip"``, raise on the N+1-th non-finite step in a row.
+      name: optional name; default ``"Safe" + optimizer.get_name()``.
+
+    Example:
+      >>> opt = safegrad.SafeOptimizer(tf.compat.v1.train.AdamOptimizer(1e-3), clip_norm=1.0,
+      ...                              on_nonfinite="skip", max_consecutive_skips=10)
+      >>> train_op = opt.minimize(loss, global_step=tf.compat.v1.train.get_or_create_global_step())
+    """
+
+    def __init__(
+        self,
+        optimizer,
+        clip_norm=None,
+        per_variable_clip_norm=None,
+        clip_value=None,
+        on_nonfinite="raise",
+        max_consecutive_skips=None,
+        name=None,
+    ):
+        policy = StepPolicy.create(
+            clip_norm=clip_norm,
+            per_variable_clip_norm=per_variable_clip_norm,
+            clip_value=clip_value,
+            on_nonfinite=on_nonfinite,
+            max_consecutive_skips=max_consecutive_skips,
+        )
+        if isinstance(optimizer, SafeOptimizer):
+            raise TypeError(
+                "`optimizer` is already a SafeOptimizer; wrapping it twice would check and clip "
+                "twice. Received: optimizer={!r}".format(optimizer)
+            )
+        check_optimizer(optimizer, allowed=(_compat.V1,))
+        if name is not None and not isinstance(name, str):
+            raise TypeError("`name` must be a string or None. Received: name={!r}".format(name))
+        super(SafeOptimizer, self).__init__(
+            use_locking=False, name=name or "Safe" + optimizer.get_name()
+        )
+        self._optimizer = optimizer
+        self._policy = policy
+        _compat.track(self, optimizer, "optimizer")
+
+    @property
+    def optimizer(self):
+        """The wrapped optimizer."""
+        return self._optimizer
+
+    @property
+    def policy(self):
+        """The validated clipping / non-finite policy (a namedtuple)."""
+        return self._policy
+
+    @property
+    def step_state(self):
+        """This wrapper's ``safegrad.StepState`` (counters, last global norm) in the current graph."""
+        return step_state(self)
+
+    def compute_gradients(self, loss, var_list=None, **kwargs):
+        """The wrapped optimizer's ``compute_gradients`` (raw, unclipped gradients)."""
+        return self._optimizer.compute_gradients(loss, var_list=var_list, **kwargs)
+
+    def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+        """Checks, clips and applies ``grads_and_vars`` like ``safegrad.clip_and_apply``.
+
+        Returns:
+          In a graph, the train op; eagerly or in ``tf.function``, a bool tensor (applied?).
+        """
+        return apply_gradients_safely(
+            self._optimizer,
+            _compat.V1,
+            grads_and_vars,
+            self._policy,
+            global_step=global_step,
+            name=name,
+            state_owner=self,
+        )
+
+    def get_slot(self, var, name):
+        return self._optimizer.get_slot(var, name)
+
+    def get_slot_names(self):
+        return self._optimizer.get_slot_names()
+
+    def variables(self):
+        """The wrapped optimizer's variables plus safegrad's counters for this graph."""
+        return list(self._optimizer.variables()) + list(self.step_state.variables)
+
+    def __getattr__(self, name):
+        # Only reached when normal lookup fails. Private names are never forwarded: Trackable and
+        # Optimizer internals probe their own attributes and must not see the wrapped object's.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._optimizer, name)
+
+    def __repr__(self):
+        return "SafeOptimizer({!r}, {})".format(self._optimizer, self._policy)

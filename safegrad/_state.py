@@ -1,0 +1,92 @@
+"""safegrad's own variables: skip counters and what the last step saw, one set per optimizer."""
+
+import weakref
+
+from safegrad._compat import new_state_variable, outer_context_key, tf, track
+
+# owner (optimizer) -> {"eager": StepState or None, "graphs": {graph: StepState}}
+_REGISTRY = weakref.WeakKeyDictionary()
+
+
+class StepState(tf.Module):
+    """Variables that ``clip_and_apply`` / ``SafeOptimizer`` update on every step.
+
+    They are ordinary non-trainable variables: ``tf.compat.v1.train.Saver`` saves them in a graph,
+    and ``tf.train.Checkpoint(optimizer=...)`` saves them in TF2 (they are tracked by the
+    optimizer). A step that raises changes none of them.
+
+    Attributes:
+      consecutive_skips: int64, non-finite steps skipped in a row (reset by an applied step).
+      total_skips: int64, all skipped steps.
+      global_norm: float32, global norm of the raw gradients at the last step (NaN/Inf if it
+        was not finite).
+      clipped: bool, whether a norm bound was active at the last step.
+      skipped: bool, whether the last step was skipped.
+    """
+
+    def __init__(self):
+        super(StepState, self).__init__(name="safegrad_state")
+        with tf.init_scope(), tf.name_scope("safegrad"):
+            self.consecutive_skips = new_state_variable(0, tf.int64, "consecutive_skips")
+            self.total_skips = new_state_variable(0, tf.int64, "total_skips")
+            self.global_norm = new_state_variable(0.0, tf.float32, "global_norm")
+            self.clipped = new_state_variable(False, tf.bool, "clipped")
+            self.skipped = new_state_variable(False, tf.bool, "skipped")
+
+    def record_applied(self, global_norm, clipped, reset_streak):
+        """Assignments for an applied step; returns the ops to depend on (none eagerly)."""
+        ops = [
+            self.global_norm.assign(global_norm, read_value=False),
+            self.clipped.assign(clipped, read_value=False),
+            self.skipped.assign(False, read_value=False),
+        ]
+        if reset_streak:
+            ops.append(self.consecutive_skips.assign(0, read_value=False))
+        return [op for op in ops if op is not None]
+
+    def record_skipped(self, global_norm):
+        """Assignments for a skipped step; returns the ops to depend on (none eagerly)."""
+        ops = [
+            self.consecutive_skips.assign_add(1, read_value=False),
+            self.total_skips.assign_add(1, read_value=False),
+            self.global_norm.assign(global_norm, read_value=False),
+            self.clipped.assign(False, read_value=False),
+            self.skipped.assign(True, read_value=False),
+        ]
+        return [op for op in ops if op is not None]
+
+
+def step_state(optimizer):
+    """The ``StepState`` safegrad keeps for ``optimizer`` in the current graph (or eagerly).
+
+    Created on first use. In a graph there is one per graph, so it is fetched with
+    ``sess.run(state.global_norm)`` etc.; eagerly and in ``tf.function`` there is one, read with
+    ``state.global_norm.numpy()``.
+
+    Args:
+      optimizer: the optimizer passed to ``clip_and_apply``, or a ``SafeOptimizer``.
+
+    Returns:
+      The ``StepState``.
+
+    Example:
+      >>> train_op = safegrad.clip_and_apply(opt, loss, clip_norm=1.0, on_nonfinite="skip")
+      >>> state = safegrad.step_state(opt)
+      >>> sess.run(train_op); sess.run([state.global_norm, state.skipped, state.total_skips])
+    """
+    key = outer_context_key()
+    entry = _REGISTRY.get(optimizer)
+    if entry is None:
+        entry = {"eager": None, "graphs": weakref.WeakKeyDictionary()}
+        _REGISTRY[optimizer] = entry
+    if key is None:
+        if entry["eager"] is None:
+            entry["eager"] = StepState()
+            track(optimizer, entry["eager"], "safegrad_state")
+        return entry["eager"]
+    state = entry["graphs"].get(key)
+    if state is None:
+        with key.as_default():
+            state = StepState()
+        entry["graphs"][key] = state
+    return state

@@ -1,0 +1,172 @@
+"""Argument checks made when a public function is called.
+
+Messages follow Keras: name the argument, say what was expected, echo what was received, e.g.
+"`clip_norm` must be > 0. Received: clip_norm=-1". Static values are checked at build time; a
+tensor whose value is only known at run time gets a runtime assertion where that matters.
+"""
+
+import math
+import numbers
+
+from safegrad._compat import is_variable, tf
+
+ON_NONFINITE_CHOICES = ("raise", "skip", "ignore")
+
+
+def _is_tensor(value):
+    return isinstance(value, tf.Tensor) or isinstance(value, tf.Variable)
+
+
+def _describe(value):
+    return "{!r} (of type {})".format(value, type(value).__name__)
+
+
+def _static_scalar(value, name):
+    """The value of a number or scalar tensor if it is known now, else None; checks rank."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    if _is_tensor(value):
+        ndims = value.shape.ndims
+        if ndims not in (None, 0):
+            raise ValueError(
+                "`{0}` must be a scalar. Received: {0} with shape {1}".format(name, value.shape)
+            )
+        if not (value.dtype.is_floating or value.dtype.is_integer):
+            raise TypeError(
+                "`{0}` must be a real number. Received: {0} of dtype {1}".format(name, value.dtype.name)
+            )
+        if isinstance(value, tf.Tensor):
+            static = tf.get_static_value(value)
+            if static is not None:
+                return float(static)
+        return None
+    raise TypeError(
+        "`{0}` must be a number or a scalar tensor. Received: {0}={1}".format(name, _describe(value))
+    )
+
+
+def positive_scalar(value, name):
+    """None, or a finite number > 0, or a scalar tensor (checked now when its value is static)."""
+    if value is None:
+        return None
+    static = _static_scalar(value, name)
+    if static is not None and not (static > 0 and not math.isinf(static)):
+        raise ValueError("`{0}` must be > 0 and finite. Received: {0}={1!r}".format(name, value))
+    return value
+
+
+def runtime_positive(value, name):
+    """``value`` as a float32 tensor that, when not statically known, asserts it is > 0."""
+    tensor = tf.cast(value, tf.float32)
+    if isinstance(value, numbers.Real) or tf.get_static_value(tensor) is not None:
+        return tensor
+    message = "`{0}` must be > 0 and finite.".format(name)
+    ok = tf.logical_and(tensor > 0, tf.math.is_finite(tensor))
+    with tf.control_dependencies([tf.debugging.Assert(ok, [message, tensor])]):
+        return tf.identity(tensor)
+
+
+def clip_value_bounds(value, name="clip_value"):
+    """None, or (min, max) from ``c`` (meaning [-c, c], c > 0) or a ``(min, max)`` pair."""
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(
+                "`{0}` must be a number c (for [-c, c]) or a (min, max) pair. Received: "
+                "{0}={1!r}".format(name, value)
+            )
+        low, high = value
+        static_low = _static_scalar(low, name + "[0]")
+        static_high = _static_scalar(high, name + "[1]")
+        for bound in (static_low, static_high):
+            if bound is not None and math.isnan(bound):
+                raise ValueError("`{0}` must not be NaN. Received: {0}={1!r}".format(name, value))
+        if static_low is not None and static_high is not None and static_low > static_high:
+            raise ValueError(
+                "`{0}` must have min <= max. Received: {0}={1!r}".format(name, tuple(value))
+            )
+        return low, high
+    static = _static_scalar(value, name)
+    if static is not None and not (static > 0):
+        raise ValueError(
+            "`{0}` must be > 0 (it clips to [-{0}, {0}]); pass a (min, max) pair for other "
+            "ranges. Received: {0}={1!r}".format(name, value)
+        )
+    return (-value, value)
+
+
+def on_nonfinite(value):
+    if not isinstance(value, str) or value not in ON_NONFINITE_CHOICES:
+        raise ValueError(
+            "`on_nonfinite` must be one of {}. Received: on_nonfinite={!r}".format(
+                ", ".join(repr(c) for c in ON_NONFINITE_CHOICES), value
+            )
+        )
+    return value
+
+
+def max_consecutive_skips(value, policy):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            "`max_consecutive_skips` must be an integer >= 0 or None. Received: "
+            "max_consecutive_skips={}".format(_describe(value))
+        )
+    if value < 0:
+        raise ValueError(
+            "`max_consecutive_skips` must be >= 0. Received: max_consecutive_skips={!r}".format(value)
+        )
+    if policy != "skip":
+        raise ValueError(
+            "`max_consecutive_skips` only applies with on_nonfinite='skip'. Received: "
+            "max_consecutive_skips={!r}, on_nonfinite={!r}".format(value, policy)
+        )
+    return int(value)
+
+
+def global_step(value):
+    if value is None:
+        return None
+    if not is_variable(value) or not value.dtype.is_integer:
+        raise TypeError(
+            "`global_step` must be an integer variable (e.g. "
+            "tf.compat.v1.train.get_or_create_global_step()) or None. Received: "
+            "global_step={}".format(_describe(value))
+        )
+    return value
+
+
+def name(value):
+    if value is not None and not isinstance(value, str):
+        raise TypeError("`name` must be a string or None. Received: name={}".format(_describe(value)))
+    return value
+
+
+def var_list(value):
+    """None, a zero-argument callable, or a non-empty list of variables."""
+    if value is None or callable(value):
+        return value
+    if isinstance(value, (str, bytes, dict)) or is_variable(value) or _is_tensor(value):
+        raise TypeError(
+            "`var_list` must be a list of variables (or a callable returning one). Received: "
+            "var_list={}".format(_describe(value))
+        )
+    try:
+        variables = list(value)
+    except TypeError:
+        raise TypeError(
+            "`var_list` must be a list of variables (or a callable returning one). Received: "
+            "var_list={}".format(_describe(value))
+        )
+    if not variables:
+        raise ValueError("`var_list` must not be empty. Received: var_list={!r}".format(value))
+    for index, variable in enumerate(variables):
+        if not is_variable(variable):
+            raise TypeError(
+                "`var_list[{0}]` must be a variable. Received: var_list[{0}]={1}".format(
+                    index, _describe(variable)
+                )
+            )
+    return variables

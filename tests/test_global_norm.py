@@ -1,0 +1,123 @@
+"""safegrad.global_norm against numpy, in every execution mode."""
+
+import numpy as np
+import pytest
+
+import safegrad
+from safegrad._compat import tf
+
+
+def np_norm(*arrays):
+    return np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in arrays))
+
+
+def test_dense_list_with_none(mode):
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.array([-3.0, 4.0], np.float32)
+    result = mode.run(lambda x, y: safegrad.global_norm([x, None, y]), a, b)
+    np.testing.assert_allclose(result, np_norm(a, b), rtol=1e-6)
+
+
+def test_pairs_form_gives_same_norm(mode):
+    w = mode.variable([1.0, 2.0], "w")
+    v = mode.variable([3.0], "v")
+    g = np.array([3.0, 4.0], np.float32)
+    result = mode.run(lambda x: safegrad.global_norm([(x, w), (None, v)]), g)
+    np.testing.assert_allclose(result, 5.0, rtol=1e-7)
+
+
+def test_all_none_is_zero(mode):
+    assert mode.run(lambda: safegrad.global_norm([None, None])) == 0.0
+
+
+def test_indexed_slices_sum_repeated_indices_first(mode):
+    def body():
+        slices = tf.IndexedSlices(
+            tf.constant([[1.0], [1.0]]), tf.constant([0, 0]), tf.constant([3, 1])
+        )
+        ours = safegrad.global_norm([slices])
+        _, tfs = tf.clip_by_global_norm([slices], 10.0)
+        return ours, tfs
+
+    ours, tfs = mode.run(body)
+    np.testing.assert_allclose(ours, 2.0, rtol=1e-7)  # dense equivalent [[2], [0], [0]]
+    np.testing.assert_allclose(tfs, np.sqrt(2.0), rtol=1e-6)  # what TensorFlow reports
+
+
+def test_indexed_slices_match_dense_equivalent(mode):
+    rng = np.random.RandomState(0)
+    values = rng.randn(7, 3).astype(np.float32)
+    indices = np.array([4, 1, 4, 0, 1, 4, 2], np.int64)
+    dense = np.zeros((5, 3), np.float32)
+    np.add.at(dense, indices, values)
+
+    def body(v, i):
+        return safegrad.global_norm([tf.IndexedSlices(v, i, tf.constant([5, 3], tf.int64))])
+
+    np.testing.assert_allclose(mode.run(body, values, indices), np_norm(dense), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_accumulates_in_float32(mode, dtype):
+    def body():
+        g = tf.cast(tf.fill([100], 300.0), getattr(tf, dtype))
+        norm = safegrad.global_norm([g])
+        return norm, tf.linalg.global_norm([g])
+
+    ours, theirs = mode.run(body)
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, 3000.0, rtol=1e-6)
+    assert dtype != "float16" or not np.isfinite(theirs)  # TF overflows float16 here
+
+
+def test_float64_gradients(mode):
+    a = np.array([1e-3, 2.0, -7.5], np.float64)
+    result = mode.run(lambda x: safegrad.global_norm([x]), a)
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(result, np_norm(a), rtol=1e-6)
+
+
+def test_no_overflow_when_sum_of_squares_overflows(mode):
+    big = np.full([1000], 1e20, np.float32)
+    small = np.array([3.0, 4.0], np.float32)
+    result = mode.run(lambda x, y: safegrad.global_norm([x, None, y]), big, small)
+    assert np.isfinite(result)
+    np.testing.assert_allclose(result, 3.1622776e21, rtol=1e-5)
+    np.testing.assert_allclose(result, np_norm(big, small), rtol=1e-5)
+
+
+def test_overflow_in_several_gradients_and_sparse(mode):
+    a = np.full([10, 10], 3e19, np.float32)
+    b = np.full([50], -2e19, np.float32)
+    dense_sparse = np.zeros([4, 2], np.float32)
+    sparse_values = np.array([[1e19, 1e19], [1e19, 1e19]], np.float32)
+    dense_sparse[1] = 2e19
+
+    def body(x, y, s):
+        slices = tf.IndexedSlices(s, tf.constant([1, 1]), tf.constant([4, 2]))
+        return safegrad.global_norm([x, y, slices])
+
+    result = mode.run(body, a, b, sparse_values)
+    np.testing.assert_allclose(result, np_norm(a, b, dense_sparse), rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad, expected", [(np.inf, np.inf), (np.nan, np.nan), (-np.inf, np.inf)])
+def test_nonfinite_element_gives_nonfinite_norm(mode, bad, expected):
+    a = np.array([1.0, bad], np.float32)
+    result = mode.run(lambda x, y: safegrad.global_norm([x, y]), a, np.ones(3, np.float32))
+    if np.isnan(expected):
+        assert np.isnan(result)
+    else:
+        assert result == expected
+
+
+def test_random_mixture_matches_numpy(mode):
+    rng = np.random.RandomState(42)
+    arrays = [np.asarray(rng.randn(*shape), np.float32) for shape in [(3, 4), (5,), (), (2, 2, 2)]]
+    result = mode.run(lambda *xs: safegrad.global_norm(list(xs)), *arrays)
+    np.testing.assert_allclose(result, np_norm(*arrays), rtol=1e-6)
+
+
+def test_empty_gradient_tensor(mode):
+    result = mode.run(lambda x: safegrad.global_norm([x]), np.zeros([0, 3], np.float32))
+    assert result == 0.0
