@@ -1,6 +1,6 @@
 """Finite checks that name the offending variables and cost O(1) when everything is finite."""
 
-from safegrad._compat import executing_eagerly, raise_invalid_argument, tf
+from safegrad._compat import do_not_convert, executing_eagerly, raise_invalid_argument, tf
 from safegrad._norm import dense_equivalent_values, inspect
 from safegrad._structure import GradientList
 
@@ -32,6 +32,7 @@ def fail_unless(condition, message):
     return tf.debugging.Assert(condition, [message], name="safegrad_assert_finite")
 
 
+@do_not_convert
 def assert_finite(grads_and_vars, message=None):
     """Checks that no gradient has a NaN or Inf, naming every variable whose gradient has one.
 

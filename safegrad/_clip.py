@@ -1,7 +1,7 @@
 """Clipping that keeps None in place, IndexedSlices sparse, dtypes intact, and damage local."""
 
 from safegrad import _validate
-from safegrad._compat import colocate_with, tf
+from safegrad._compat import colocate_with, do_not_convert, tf
 from safegrad._norm import _HALF_TYPES, _rescaled_norm, dedup_slices, dense_equivalent_values, inspect
 from safegrad._structure import GradientList
 
@@ -46,6 +46,7 @@ def clip_values(gradient, bounds):
         return tf.clip_by_value(gradient, tf.cast(low, gradient.dtype), tf.cast(high, gradient.dtype))
 
 
+@do_not_convert
 def clip_by_global_norm(grads, clip_norm, use_norm=None):
     """Scales gradients so their global norm is at most ``clip_norm``; drop-in for
     ``tf.clip_by_global_norm``.
@@ -93,6 +94,7 @@ def clip_by_global_norm(grads, clip_norm, use_norm=None):
     return form.rebuild(clipped), norm
 
 
+@do_not_convert
 def clip_per_variable(grads, clip_norm=None, clip_value=None):
     """Clips each gradient on its own: elementwise to ``clip_value``, then to norm ``clip_norm``.
 

@@ -85,6 +85,17 @@ class _NullContext(object):
         return False
 
 
+def do_not_convert(function):
+    """Keeps AutoGraph out of safegrad's own code when a user's tf.function calls it.
+
+    safegrad's Python control flow is over Python values; converting it would only slow tracing
+    and risk turning build-time checks into graph ops. (`tf.autograph.experimental.do_not_convert`
+    exists from TF 1.14 on; the fallback is for builds without AutoGraph.)
+    """
+    marker = getattr(getattr(tf.autograph, "experimental", None), "do_not_convert", None)
+    return marker(function) if marker is not None else function
+
+
 def raise_invalid_argument(message):
     """Raises the error a failed graph assertion would raise, eagerly, with ``message`` verbatim."""
     raise tf.errors.InvalidArgumentError(None, None, message)
@@ -284,12 +295,8 @@ def apply_gradients(optimizer, family, grads_and_vars, global_step, name):
     if global_step is None:
         return deps
     with tf.control_dependencies(deps):
-        return deps + [_assign_add_op(global_step, 1)]
-
-
-def _assign_add_op(variable, delta):
-    result = variable.assign_add(tf.cast(delta, variable.dtype))
-    return as_control_input(result)
+        increment = as_control_input(global_step.assign_add(1, read_value=False))
+    return deps + ([increment] if increment is not None else [])
 
 
 def graph_mode_unsupported(family):

@@ -10,7 +10,7 @@ NaN/Inf diagnosis that names the offending variables.
 
 import collections
 
-from safegrad._compat import tf
+from safegrad._compat import do_not_convert, tf
 from safegrad._structure import GradientList
 
 _HALF_TYPES = (tf.float16, tf.bfloat16)
@@ -68,7 +68,7 @@ global_norm: float32 scalar; NaN/Inf when some element is.
 all_finite: bool scalar; True iff every element of every gradient (dense equivalent) is finite.
 norms: float32 vector of per-gradient norms (in the order given), or None if not requested.
 report: string scalar naming each non-finite gradient as 'name (NaN)', 'name (Inf)' or
-  'name (NaN, Inf)', comma-separated; '' when all are finite. None if no names were given.
+  'name (NaN and Inf)', comma-separated; '' when all are finite. None if no names were given.
 """
 
 
@@ -123,13 +123,14 @@ def _report(values, names):
     names = tf.constant(list(names))
     labels = tf.where(
         tf.logical_and(has_nan, has_inf),
-        tf.strings.join([names, " (NaN, Inf)"]),
+        tf.strings.join([names, " (NaN and Inf)"]),
         tf.where(has_nan, tf.strings.join([names, " (NaN)"]), tf.strings.join([names, " (Inf)"])),
     )
     offending = tf.boolean_mask(labels, tf.logical_or(has_nan, has_inf))
     return tf.strings.reduce_join(offending, separator=", ")
 
 
+@do_not_convert
 def global_norm(grads):
     """The L2 norm of all gradients together, as ``tf.linalg.global_norm`` but correct everywhere.
 

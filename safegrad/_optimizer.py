@@ -1,7 +1,7 @@
 """SafeOptimizer: the clip_and_apply semantics behind the optimizer interface code already uses."""
 
 from safegrad import _compat
-from safegrad._compat import tf1
+from safegrad._compat import do_not_convert, tf1
 from safegrad._state import step_state
 from safegrad._step import StepPolicy, apply_gradients_safely, check_optimizer
 
@@ -79,10 +79,12 @@ class SafeOptimizer(tf1.train.Optimizer):
         """This wrapper's ``safegrad.StepState`` (counters, last global norm) in the current graph."""
         return step_state(self)
 
+    @do_not_convert
     def compute_gradients(self, loss, var_list=None, **kwargs):
         """The wrapped optimizer's ``compute_gradients`` (raw, unclipped gradients)."""
         return self._optimizer.compute_gradients(loss, var_list=var_list, **kwargs)
 
+    @do_not_convert
     def apply_gradients(self, grads_and_vars, global_step=None, name=None):
         """Checks, clips and applies ``grads_and_vars`` like ``safegrad.clip_and_apply``.
 

@@ -2,7 +2,7 @@
 
 import weakref
 
-from safegrad._compat import new_state_variable, outer_context_key, tf, track
+from safegrad._compat import do_not_convert, new_state_variable, outer_context_key, tf, track
 
 # owner (optimizer) -> {"eager": StepState or None, "graphs": {graph: StepState}}
 _REGISTRY = weakref.WeakKeyDictionary()
@@ -56,6 +56,7 @@ class StepState(tf.Module):
         return [op for op in ops if op is not None]
 
 
+@do_not_convert
 def step_state(optimizer):
     """The ``StepState`` safegrad keeps for ``optimizer`` in the current graph (or eagerly).
 

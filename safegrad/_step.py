@@ -12,7 +12,7 @@ import collections
 from safegrad import _compat, _validate
 from safegrad._check import fail_unless, failure_message
 from safegrad._clip import clip_for_policy
-from safegrad._compat import tf
+from safegrad._compat import do_not_convert, tf
 from safegrad._norm import dense_equivalent_values, inspect
 from safegrad._state import step_state
 from safegrad._structure import GradientList
@@ -95,6 +95,7 @@ def _check_loss(loss, tape):
         )
 
 
+@do_not_convert
 def clip_and_apply(
     optimizer,
     loss,
@@ -204,6 +205,7 @@ def _no_gradients_error(form):
     )
 
 
+@do_not_convert
 def apply_gradients_safely(
     optimizer, family, grads_and_vars, policy, global_step=None, name=None, state_owner=None
 ):
