@@ -70,8 +70,11 @@ def outer_context_key():
 
 
 def colocate_with(tensor):
-    """Colocates graph ops with ``tensor`` (as ``tf.clip_by_global_norm`` does); no-op eagerly."""
-    if tf.executing_eagerly():
+    """Colocates graph ops with ``tensor``, as ``tf.clip_by_global_norm`` does.
+
+    TF 1.x only: TF 2.x's placer colocates by itself and deprecates the explicit call.
+    """
+    if TF_VERSION >= (2, 0) or tf.executing_eagerly():
         return _NullContext()
     return tf1.colocate_with(tensor)
 
@@ -305,5 +308,13 @@ def graph_mode_unsupported(family):
         return (
             "Keras 3 optimizers run only eagerly or inside tf.function, not in a "
             "tf.compat.v1 graph/Session. Use a tf.compat.v1.train optimizer there."
+        )
+    if family == KERAS_2_11:
+        # Its apply_gradients builds update ops but returns the iterations variable, so a graph
+        # step would silently not train (seen with TF 2.15).
+        return (
+            "the Keras 2.11+ optimizers do not support tf.compat.v1 graphs/Sessions. Use "
+            "tf.keras.optimizers.legacy.* or a tf.compat.v1.train optimizer there, or run "
+            "eagerly / inside tf.function."
         )
     return None

@@ -13,9 +13,10 @@ class SafeOptimizer(tf1.train.Optimizer):
     ``apply_gradients(grads_and_vars, global_step=...)`` keep working and get exactly the
     semantics of ``safegrad.clip_and_apply``: the finite check on the raw gradients, clipping
     (value -> per-variable norm -> global norm), and ``on_nonfinite`` raise / skip / ignore, with
-    ``global_step`` advancing only on applied updates. Slots, ``get_slot``, ``variables()``, the
-    learning rate and any other public attribute are the wrapped optimizer's. Works with
-    ``tf.compat.v1.train.Saver``, ``MonitoredTrainingSession`` and ``tf.train.Checkpoint``.
+    ``global_step`` advancing only on applied updates. ``get_slot``, ``variables()`` and every
+    other public attribute are the wrapped optimizer's (``.optimizer`` is the wrapped optimizer;
+    slot names are ``.optimizer.get_slot_names()``). Works with ``tf.compat.v1.train.Saver``,
+    ``MonitoredTrainingSession`` and TF2 ``tf.train.Checkpoint``.
 
     Args:
       optimizer: the ``tf.compat.v1.train.Optimizer`` to wrap.
@@ -102,10 +103,14 @@ class SafeOptimizer(tf1.train.Optimizer):
         )
 
     def get_slot(self, var, name):
+        """The wrapped optimizer's slot ``name`` for ``var`` (e.g. Adam's "m")."""
         return self._optimizer.get_slot(var, name)
 
-    def get_slot_names(self):
-        return self._optimizer.get_slot_names()
+    # `get_slot_names` is deliberately NOT forwarded (it returns [] here; use
+    # `.optimizer.get_slot_names()`): TF2's object-based checkpointing saves the slots of every
+    # trackable that lists slot names, and the wrapped optimizer - tracked as a dependency - already
+    # lists them; listing them twice makes `tf.train.Checkpoint.save` fail ("A slot variable was
+    # re-used"). TF's own v1 MixedPrecisionLossScaleOptimizer wraps the same way.
 
     def variables(self):
         """The wrapped optimizer's variables plus safegrad's counters for this graph."""

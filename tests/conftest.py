@@ -158,14 +158,20 @@ def v1_optimizer_factories():
 
 
 def keras_optimizer_factories():
+    """The tf.keras optimizers of this env; `keras-legacy-*` where Keras 2.11-2.15/tf-keras keeps
+    OptimizerV2 under `optimizers.legacy` (under Keras 3 that module exists but raises)."""
     if not TF2:
         return {}
-    return {
+    factories = {
         "keras-sgd": lambda: tf.keras.optimizers.SGD(0.1),
         "keras-momentum": lambda: tf.keras.optimizers.SGD(0.1, momentum=0.9),
         "keras-adam": lambda: tf.keras.optimizers.Adam(0.01),
         "keras-adagrad": lambda: tf.keras.optimizers.Adagrad(0.1),
     }
+    if keras_version() == 2 and TF_VERSION >= (2, 11):
+        factories["keras-legacy-adam"] = lambda: tf.keras.optimizers.legacy.Adam(0.01)
+        factories["keras-legacy-sgd"] = lambda: tf.keras.optimizers.legacy.SGD(0.1)
+    return factories
 
 
 def pytest_report_header(config):

@@ -1,0 +1,123 @@
+"""Bad arguments fail when the call is made, naming the argument and echoing the value."""
+
+import re
+
+import numpy as np
+import pytest
+
+import safegrad
+from safegrad._compat import tf, tf1
+
+from conftest import TF2
+
+
+@pytest.fixture
+def setup(graph_mode):
+    w = tf1.Variable([1.0, 2.0], name="w")
+    loss = tf.reduce_sum(w * w)
+    return tf1.train.GradientDescentOptimizer(0.1), loss, w
+
+
+STEP_CASES = [
+    (dict(clip_norm=-1), ValueError, "`clip_norm` must be > 0 and finite. Received: clip_norm=-1"),
+    (dict(clip_norm=0.0), ValueError, "Received: clip_norm=0.0"),
+    (dict(clip_norm=float("inf")), ValueError, "Received: clip_norm=inf"),
+    (dict(clip_norm=float("nan")), ValueError, "Received: clip_norm=nan"),
+    (dict(clip_norm="1.0"), TypeError, "`clip_norm` must be a number or a scalar tensor. Received: clip_norm='1.0'"),
+    (dict(clip_norm=True), TypeError, "Received: clip_norm=True"),
+    (dict(per_variable_clip_norm=-2), ValueError, "`per_variable_clip_norm` must be > 0 and finite. Received: per_variable_clip_norm=-2"),
+    (dict(clip_value=(2.0, -2.0)), ValueError, "`clip_value` must have min <= max. Received: clip_value=(2.0, -2.0)"),
+    (dict(clip_value=0), ValueError, "`clip_value` must be > 0"),
+    (dict(clip_value=(1, 2, 3)), ValueError, "Received: clip_value=(1, 2, 3)"),
+    (dict(clip_value=(float("nan"), 1.0)), ValueError, "`clip_value` must not be NaN"),
+    (dict(on_nonfinite="skipp"), ValueError, "`on_nonfinite` must be one of 'raise', 'skip', 'ignore'. Received: on_nonfinite='skipp'"),
+    (dict(on_nonfinite=None), ValueError, "Received: on_nonfinite=None"),
+    (dict(on_nonfinite="skip", max_consecutive_skips=-1), ValueError, "`max_consecutive_skips` must be >= 0. Received: max_consecutive_skips=-1"),
+    (dict(on_nonfinite="skip", max_consecutive_skips=1.5), TypeError, "Received: max_consecutive_skips=1.5"),
+    (dict(max_consecutive_skips=3), ValueError, "only applies with on_nonfinite='skip'. Received: max_consecutive_skips=3, on_nonfinite='raise'"),
+    (dict(name=3), TypeError, "`name` must be a string or None. Received: name=3"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, message", STEP_CASES, ids=[repr(c[0]) for c in STEP_CASES])
+def test_clip_and_apply_arguments(setup, kwargs, error, message):
+    optimizer, loss, w = setup
+    with pytest.raises(error, match=re.escape(message)):
+        safegrad.clip_and_apply(optimizer, loss, [w], **kwargs)
+    # Nothing was built: validation happens before any op is created.
+    assert not [op for op in tf1.get_default_graph().get_operations() if "safegrad" in op.name]
+
+
+@pytest.mark.parametrize("kwargs, error, message", STEP_CASES, ids=[repr(c[0]) for c in STEP_CASES])
+def test_safe_optimizer_arguments(kwargs, error, message):
+    kwargs = dict(kwargs)
+    with pytest.raises(error, match=re.escape(message)):
+        safegrad.SafeOptimizer(tf1.train.GradientDescentOptimizer(0.1), **kwargs)
+
+
+def test_not_an_optimizer(setup):
+    _, loss, w = setup
+    with pytest.raises(TypeError, match=re.escape("`optimizer` must be a tf.compat.v1.train.Optimizer or a tf.keras optimizer. Received: optimizer='adam'")):
+        safegrad.clip_and_apply("adam", loss, [w])
+
+
+def test_bad_loss_var_list_global_step(setup):
+    optimizer, loss, w = setup
+    with pytest.raises(TypeError, match=re.escape("`loss` must be a scalar tensor or a zero-argument callable")):
+        safegrad.clip_and_apply(optimizer, 3.0, [w])
+    with pytest.raises(ValueError, match=re.escape("`var_list` must not be empty. Received: var_list=[]")):
+        safegrad.clip_and_apply(optimizer, loss, [])
+    with pytest.raises(TypeError, match=re.escape("`var_list[1]` must be a variable. Received: var_list[1]='b'")):
+        safegrad.clip_and_apply(optimizer, loss, [w, "b"])
+    with pytest.raises(TypeError, match=re.escape("`var_list` must be a list of variables")):
+        safegrad.clip_and_apply(optimizer, loss, w)
+    with pytest.raises(TypeError, match=re.escape("`global_step` must be an integer variable")):
+        safegrad.clip_and_apply(optimizer, loss, [w], global_step=w)
+    with pytest.raises(TypeError, match=re.escape("`tape` must be the tf.GradientTape that recorded `loss`")):
+        safegrad.clip_and_apply(optimizer, loss, [w], tape="tape")
+
+
+@pytest.mark.skipif(not TF2, reason="TF2 eager")
+def test_callable_loss_with_tape_is_ambiguous():
+    w = tf.Variable([1.0])
+    with tf.GradientTape() as tape:
+        pass
+    with pytest.raises(ValueError, match="`tape` must be None"):
+        safegrad.clip_and_apply(tf1.train.GradientDescentOptimizer(0.1), lambda: w * 2.0, [w], tape=tape)
+
+
+@pytest.mark.skipif(not TF2, reason="TF2 eager")
+def test_eager_tensor_loss_without_tape():
+    w = tf.Variable([1.0])
+    with pytest.raises(ValueError, match=re.escape("`loss` is a tensor but TensorFlow is executing eagerly")):
+        safegrad.clip_and_apply(tf.keras.optimizers.SGD(0.1), tf.reduce_sum(w), [w])
+
+
+def test_building_block_arguments(graph_mode):
+    g = tf.constant([1.0])
+    with pytest.raises(TypeError, match=re.escape("`grads` must be a list of gradients")):
+        safegrad.global_norm(g)
+    with pytest.raises(TypeError, match=re.escape("`grads` must be a list of gradients")):
+        safegrad.clip_by_global_norm({"a": g}, 1.0)
+    with pytest.raises(ValueError, match=re.escape("Received: clip_norm=None")):
+        safegrad.clip_by_global_norm([g], None)
+    with pytest.raises(ValueError, match=re.escape("Received: clip_norm=-3")):
+        safegrad.clip_by_global_norm([g], -3)
+    with pytest.raises(ValueError, match=re.escape("`clip_norm` must be a scalar. Received: clip_norm with shape (2,)")):
+        safegrad.clip_by_global_norm([g], tf.constant([1.0, 2.0]))
+    with pytest.raises(ValueError, match=re.escape("needs `clip_norm` or `clip_value`")):
+        safegrad.clip_per_variable([g])
+    with pytest.raises(TypeError, match=re.escape("`grads[0]` must have a floating-point dtype. Received: dtype int32")):
+        safegrad.clip_per_variable([tf.constant([1])], clip_norm=1.0)
+    with pytest.raises(TypeError, match=re.escape("mixes (gradient, variable) pairs with bare gradients")):
+        safegrad.global_norm([g, (g, None)])
+    with pytest.raises(TypeError, match=re.escape("`message` must be a string or None. Received: message=5")):
+        safegrad.assert_finite([g], message=5)
+
+
+def test_runtime_clip_norm_checked_when_not_static(graph_mode):
+    c = tf1.placeholder(tf.float32, [])
+    clipped, _ = safegrad.clip_by_global_norm([tf.constant([3.0, 4.0])], c)
+    np.testing.assert_allclose(graph_mode.sess.run(clipped[0], {c: 1.0}), [0.6, 0.8], rtol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`clip_norm` must be > 0"):
+        graph_mode.sess.run(clipped[0], {c: 0.0})
