@@ -45,8 +45,9 @@ def dense_equivalent_values(gradient):
     return accumulable(gradient)
 
 
-def _sum_of_squares(values):
-    return tf.cast(2.0 * tf.nn.l2_loss(values), tf.float32)
+def _half_sum_of_squares(values):
+    """``sum(values**2) / 2`` as float32: ``l2_loss`` is one fused kernel (square + sum)."""
+    return tf.cast(tf.nn.l2_loss(values), tf.float32)
 
 
 def _rescaled_norm(values):
@@ -59,6 +60,11 @@ def _rescaled_norm(values):
 def _join_norms(norms):
     """The L2 norm of a vector of (finite) norms, rescaled the same way."""
     return _rescaled_norm(norms)
+
+
+def _join_plain(norms):
+    """The unguarded L2 norm of per-gradient norms: Inf/NaN exactly when some gradient is."""
+    return tf.sqrt(tf.reduce_sum(tf.square(norms)))
 
 
 Inspection = collections.namedtuple("Inspection", ["global_norm", "all_finite", "norms", "report"])
@@ -80,27 +86,31 @@ def inspect(values, names=None, per_gradient=False):
       names: optional display names, one per value; enables ``report``.
       per_gradient: whether to return the per-gradient norms too.
     """
-    squares = [_sum_of_squares(v) for v in values]
-    total = tf.add_n(squares) if len(squares) > 1 else squares[0]
+    # Per gradient: one fused read. Doubling is done once, on the total (and on the vector of
+    # per-gradient values when those are wanted), not once per gradient.
+    halves = [_half_sum_of_squares(v) for v in values]
+    total = 2.0 * (tf.add_n(halves) if len(halves) > 1 else halves[0])
     fast_path = tf.math.is_finite(total)
 
     def fast():
         result = {"global_norm": tf.sqrt(total), "all_finite": tf.constant(True)}
         if per_gradient:
-            result["norms"] = tf.sqrt(tf.stack(squares))
+            result["norms"] = tf.sqrt(2.0 * tf.stack(halves))
         if names is not None:
             result["report"] = tf.constant("")
         return result
 
     def slow():
         # Only reached when the float32 sum of squares is Inf/NaN: some element is non-finite,
-        # or the squares overflowed. Cost does not matter here; accuracy and diagnosis do.
+        # or the squares overflowed. Cost does not matter here; accuracy and diagnosis do. It
+        # captures only `values` (in a TF1 graph every captured tensor costs a Switch op on the
+        # success path too) and recomputes what else it needs.
         finite = tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in values])
         all_finite = tf.reduce_all(finite)
-        plain = tf.sqrt(tf.stack(squares))
+        plain = tf.sqrt(2.0 * tf.stack([_half_sum_of_squares(v) for v in values]))
         rescaled = tf.stack([_rescaled_norm(v) for v in values])
         norms = tf.where(finite, rescaled, plain)
-        global_norm = tf.where(all_finite, _join_norms(norms), tf.sqrt(total))
+        global_norm = tf.where(all_finite, _join_norms(norms), _join_plain(plain))
         result = {"global_norm": global_norm, "all_finite": all_finite}
         if per_gradient:
             result["norms"] = norms

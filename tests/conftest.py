@@ -31,6 +31,10 @@ def _to_numpy(structure):
     return tf.nest.map_structure(convert, structure)
 
 
+def _drop_operations(x):
+    return None if isinstance(x, tf1.Operation) else x
+
+
 class Mode(object):
     """Builds and runs steps in one execution mode (see module docstring)."""
 
@@ -96,7 +100,9 @@ class Mode(object):
 
             return run
         if self.name == "function":
-            compiled = tf.function(fn)
+            # A tf.function may not return an Operation (e.g. what minimize returns); its ops run
+            # anyway, by automatic control dependencies.
+            compiled = tf.function(lambda *a: tf.nest.map_structure(_drop_operations, fn(*a)))
         else:
             compiled = fn
 
