@@ -235,16 +235,22 @@ def compute_gradients(optimizer, family, loss, var_list, tape):
         if variables is None:
             variables = list(tape.watched_variables())
         return list(zip(tape.gradient(loss, variables), variables))
-    if family == V1:
+    if family == V1 and not (callable(loss) and callable(var_list)):
+        # (v1 compute_gradients cannot take a callable var_list: TF1 has no such notion and
+        # TF2's tape.watch()es it before the loss runs. Those cases take the tape path below.)
+        if callable(var_list):
+            var_list = var_list()
         return list(optimizer.compute_gradients(loss, var_list=var_list))
     if callable(loss):
-        explicit = _resolve_var_list(var_list)
+        # A callable var_list is read after the loss ran (v1 semantics: a Keras model may create
+        # its weights on that first call).
+        explicit = None if callable(var_list) else _resolve_var_list(var_list)
         with tf.GradientTape() as recorded:
             for variable in explicit or ():
                 if isinstance(variable, tf.Variable):
                     recorded.watch(variable)
             loss_value = loss()
-        variables = _resolve_var_list(var_list)
+        variables = explicit if explicit is not None else _resolve_var_list(var_list)
         if variables is None:
             variables = list(recorded.watched_variables())
         return list(zip(recorded.gradient(loss_value, variables), variables))

@@ -297,3 +297,27 @@ def test_eager_only_keras_optimizer_in_graph_mode_is_a_clear_error(graph_mode, o
     w = tf1.Variable([1.0])
     with pytest.raises(ValueError, match=r"not .*tf.compat.v1 graph|do not support tf.compat.v1 graphs"):
         safegrad.clip_and_apply(optimizer, tf.reduce_sum(w), [w])
+
+
+@pytest.mark.parametrize("opt_name", SGD_FAMILIES)
+def test_callable_var_list_is_read_after_the_loss(mode, opt_name):
+    model = LinearModel(mode)
+    run = model.step(make_optimizer(opt_name, mode), clip_norm=2.6, var_list=lambda: [model.w, model.b])
+    w0, _ = model.values()
+    run(X, Y)
+    np.testing.assert_allclose(model.values()[0], w0 - 0.1 * X * 0.2, rtol=1e-6)
+
+
+@pytest.mark.skipif(not TF2, reason="Keras models: TF2")
+def test_keras_model_built_by_the_first_loss_call(tf2_mode):
+    model = tf.keras.Sequential([tf.keras.layers.Dense(2), tf.keras.layers.Dense(1)])  # no weights yet
+    optimizer = tf.keras.optimizers.SGD(0.1)
+    x = np.ones([4, 3], np.float32)
+    run = tf2_mode.step(
+        lambda xb: safegrad.clip_and_apply(
+            optimizer, lambda: tf.reduce_sum(model(xb)), lambda: model.trainable_variables, clip_norm=1.0
+        ),
+        x,
+    )
+    assert bool(run(x))
+    assert len(model.trainable_variables) == 4
