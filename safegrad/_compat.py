@@ -10,6 +10,7 @@ Nothing here imports Keras eagerly: under TF >= 2.16 touching ``tf.keras`` loads
 costs seconds, and a TF1 user of safegrad never needs it.
 """
 
+import contextlib
 import re
 
 MIN_TF_VERSION = (1, 15)
@@ -75,17 +76,8 @@ def colocate_with(tensor):
     TF 1.x only: TF 2.x's placer colocates by itself and deprecates the explicit call.
     """
     if TF_VERSION >= (2, 0) or tf.executing_eagerly():
-        return _NullContext()
+        return contextlib.nullcontext()
     return tf1.colocate_with(tensor)
-
-
-class _NullContext(object):
-    # contextlib.nullcontext is Python >= 3.7 only in name; this keeps one spelling everywhere.
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def do_not_convert(function):
@@ -191,8 +183,6 @@ KERAS_V2 = "Keras 2 OptimizerV2"  # tf.keras.optimizers in TF 2.0-2.10; `.legacy
 KERAS_2_11 = "Keras 2 optimizer (TF 2.11-2.15, tf-keras)"  # the rewritten optimizer of Keras 2.11+
 KERAS_3 = "Keras 3 optimizer"  # tf.keras in TF >= 2.16 without TF_USE_LEGACY_KERAS
 
-KERAS_FAMILIES = (KERAS_V2, KERAS_2_11, KERAS_3)
-
 
 def optimizer_family(optimizer):
     """Which optimizer API ``optimizer`` speaks, or None if it is not an optimizer."""
@@ -210,13 +200,6 @@ def optimizer_family(optimizer):
     # The Keras 2.11+ optimizer: `build(var_list)` plus `exclude_from_weight_decay`.
     if callable(getattr(cls, "build", None)) and callable(getattr(cls, "exclude_from_weight_decay", None)):
         return KERAS_2_11
-    return None
-
-
-def optimizer_iterations(optimizer, family):
-    """The Keras step counter, or None for v1 optimizers (they use `global_step`)."""
-    if family in KERAS_FAMILIES:
-        return optimizer.iterations
     return None
 
 
@@ -295,7 +278,8 @@ def apply_gradients(optimizer, family, grads_and_vars, global_step, name):
     """
     grads_and_vars = list(grads_and_vars)
     if family == V1:
-        return [optimizer.apply_gradients(grads_and_vars, global_step=global_step, name=name)]
+        update = optimizer.apply_gradients(grads_and_vars, global_step=global_step, name=name)
+        return [d for d in [as_control_input(update)] if d is not None]
     if family == KERAS_3:
         result = optimizer.apply_gradients(grads_and_vars)  # Keras 3 takes no `name`
     else:

@@ -1,7 +1,7 @@
 """SafeOptimizer: the clip_and_apply semantics behind the optimizer interface code already uses."""
 
 from safegrad import _compat
-from safegrad._compat import do_not_convert, tf1
+from safegrad._compat import do_not_convert, tf, tf1
 from safegrad._state import step_state
 from safegrad._step import StepPolicy, apply_gradients_safely, check_optimizer
 
@@ -32,6 +32,8 @@ class SafeOptimizer(tf1.train.Optimizer):
       ...                              on_nonfinite="skip", max_consecutive_skips=10)
       >>> train_op = opt.minimize(loss, global_step=tf.compat.v1.train.get_or_create_global_step())
     """
+
+    _safegrad_wrapper = True  # clip_and_apply refuses to check and clip a second time
 
     def __init__(
         self,
@@ -92,15 +94,16 @@ class SafeOptimizer(tf1.train.Optimizer):
         Returns:
           In a graph, the train op; eagerly or in ``tf.function``, a bool tensor (applied?).
         """
-        return apply_gradients_safely(
-            self._optimizer,
-            _compat.V1,
-            grads_and_vars,
-            self._policy,
-            global_step=global_step,
-            name=name,
-            state_owner=self,
-        )
+        with tf.name_scope(name or self.get_name()):
+            return apply_gradients_safely(
+                self._optimizer,
+                _compat.V1,
+                grads_and_vars,
+                self._policy,
+                global_step=global_step,
+                name=name,
+                state_owner=self,
+            )
 
     def get_slot(self, var, name):
         """The wrapped optimizer's slot ``name`` for ``var`` (e.g. Adam's "m")."""

@@ -186,10 +186,7 @@ def clip_and_apply(
 
 
 def _reject_wrapped(optimizer):
-    # Imported here: _optimizer imports this module.
-    from safegrad._optimizer import SafeOptimizer
-
-    if isinstance(optimizer, SafeOptimizer):
+    if getattr(type(optimizer), "_safegrad_wrapper", False):  # a SafeOptimizer
         raise TypeError(
             "`optimizer` is already a safegrad.SafeOptimizer, which checks and clips by itself; "
             "call its minimize()/apply_gradients(), or pass the wrapped optimizer "

@@ -321,3 +321,34 @@ def test_keras_model_built_by_the_first_loss_call(tf2_mode):
     )
     assert bool(run(x))
     assert len(model.trainable_variables) == 4
+
+
+@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
+def test_float16_variables_whose_squares_overflow_are_clipped_not_rejected(mode, on_nonfinite):
+    w = mode.variable(np.zeros(100), "half", dtype=tf.float16)
+    optimizer = tf1.train.GradientDescentOptimizer(1.0)
+
+    def body(x):
+        loss_fn = lambda: tf.reduce_sum(w * x)  # noqa: E731  (gradient = x, in float16)
+        loss = loss_fn() if mode.name == "graph" else loss_fn
+        return safegrad.clip_and_apply(optimizer, loss, [w], clip_norm=30.0, on_nonfinite=on_nonfinite)
+
+    x = np.full(100, 300.0, np.float16)  # sum of squares 9e6 overflows float16 (max 65504)
+    mode.run(body, x)
+    np.testing.assert_allclose(mode.read(w).astype(np.float32), np.full(100, -3.0), rtol=1e-3)
+    np.testing.assert_allclose(mode.read(safegrad.step_state(optimizer).global_norm), 3000.0, rtol=1e-6)
+
+
+@pytest.mark.skipif(not TF2, reason="Keras models: TF2")
+def test_keras_weights_are_named_by_their_keras_name(tf2_mode):
+    model = tf.keras.Sequential([tf.keras.Input(shape=(2,)), tf.keras.layers.Dense(1, name="dense")])
+    optimizer = tf.keras.optimizers.SGD(0.1)
+    x = np.array([[1.0, np.nan]], np.float32)
+    run = tf2_mode.step(
+        lambda xb: safegrad.clip_and_apply(optimizer, lambda: tf.reduce_sum(model(xb)), model.trainable_variables),
+        x,
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        run(x)
+    (label,) = named_in(info.value)  # the kernel's gradient is x: NaN; the bias's is finite
+    assert re.match(r"^(sequential(_\d+)?/)?dense/kernel \(NaN\)$", label), label
