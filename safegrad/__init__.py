@@ -8,6 +8,7 @@ release:
 * ``global_norm``, ``clip_by_global_norm``, ``clip_per_variable``, ``assert_finite``: the building
   blocks, usable between ``compute_gradients`` and ``apply_gradients``.
 * ``step_state(optimizer)`` / ``StepState``: skip counters and last-step statistics.
+* ``StepStatsCallback``: those statistics per epoch in Keras ``fit`` (History, TensorBoard).
 """
 
 from safegrad._check import assert_finite
@@ -17,10 +18,13 @@ from safegrad._optimizer import SafeOptimizer
 from safegrad._state import StepState, step_state
 from safegrad._step import clip_and_apply
 from safegrad._version import __version__
+from safegrad import _compat as _compat_module
+from safegrad import _keras as _keras_module
 
 __all__ = [
     "SafeOptimizer",
     "StepState",
+    "StepStatsCallback",
     "__version__",
     "assert_finite",
     "clip_and_apply",
@@ -29,3 +33,19 @@ __all__ = [
     "global_norm",
     "step_state",
 ]
+
+# Saved Keras models that use SafeOptimizer load without custom_objects: register the wrappers with
+# Keras as soon as Keras is imported (now, if TensorFlow already imported it).
+_compat_module.when_keras_is_imported(_keras_module.register_with_keras)
+
+
+def __getattr__(name):
+    # StepStatsCallback subclasses the installed Keras's Callback: built on first access, so that
+    # `import safegrad` itself never imports Keras.
+    if name == "StepStatsCallback":
+        return _keras_module.step_stats_callback_class()
+    raise AttributeError("module 'safegrad' has no attribute {!r}".format(name))
+
+
+def __dir__():
+    return sorted(set(globals()) | {"StepStatsCallback"})

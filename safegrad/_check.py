@@ -1,6 +1,6 @@
 """Finite checks that name the offending variables and cost O(1) when everything is finite."""
 
-from safegrad._compat import do_not_convert, executing_eagerly, raise_invalid_argument, tf
+from safegrad._compat import do_not_convert, executing_eagerly, in_xla_context, raise_invalid_argument, tf
 from safegrad._norm import dense_equivalent_values, inspect
 from safegrad._structure import GradientList
 
@@ -16,6 +16,19 @@ def failure_message(report, prefix=None, suffix=None):
     if suffix is not None:
         parts.append(suffix)
     return tf.strings.join(parts)
+
+
+XLA_CANNOT_RAISE = (
+    "{} needs to raise an error at run time, which XLA-compiled code cannot do (XLA drops "
+    "assertions and has no string ops). Use on_nonfinite='skip' (without max_consecutive_skips), "
+    "or compile without XLA: model.compile(..., jit_compile=False) / tf.function(jit_compile=False)."
+)
+
+
+def check_no_xla(what):
+    """ValueError at trace time when raising is asked for inside XLA-compiled code."""
+    if in_xla_context():
+        raise ValueError(XLA_CANNOT_RAISE.format(what))
 
 
 def fail_unless(condition, message):
@@ -67,6 +80,7 @@ def assert_finite(grads_and_vars, message=None):
             )
         )
     form = GradientList.parse(grads_and_vars, "grads_and_vars")
+    check_no_xla("safegrad.assert_finite")
     present = form.present
     if not present:
         return None if executing_eagerly() else tf.no_op(name="safegrad_assert_finite")

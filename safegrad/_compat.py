@@ -11,7 +11,11 @@ costs seconds, and a TF1 user of safegrad never needs it.
 """
 
 import contextlib
+import importlib.abc
+import inspect
 import re
+import sys
+import warnings
 
 MIN_TF_VERSION = (1, 15)
 
@@ -56,6 +60,20 @@ def executing_eagerly():
 def inside_function():
     """True while tracing a tf.function body (or a cond_v2/while_v2 branch function)."""
     return bool(getattr(tf1.get_default_graph(), "building_function", False))
+
+
+def in_xla_context():
+    """True while tracing code XLA will compile (``tf.function(jit_compile=True)``, Keras
+    ``jit_compile``, TPU). XLA has no string ops, no ``Unique`` and drops ``Assert``.
+
+    ``control_flow_util.GraphOrParentsInXlaContext`` is the check TF's own ops use; it is private
+    but present, unchanged, from TF 1.15 to 2.21. Without it, assume no XLA.
+    """
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf1.get_default_graph()))
 
 
 def outer_context_key():
@@ -182,13 +200,18 @@ V1 = "tf.compat.v1.train.Optimizer"
 KERAS_V2 = "Keras 2 OptimizerV2"  # tf.keras.optimizers in TF 2.0-2.10; `.legacy` in 2.11-2.15/tf-keras
 KERAS_2_11 = "Keras 2 optimizer (TF 2.11-2.15, tf-keras)"  # the rewritten optimizer of Keras 2.11+
 KERAS_3 = "Keras 3 optimizer"  # tf.keras in TF >= 2.16 without TF_USE_LEGACY_KERAS
+KERAS_FAMILIES = (KERAS_V2, KERAS_2_11, KERAS_3)
 
 
 def optimizer_family(optimizer):
     """Which optimizer API ``optimizer`` speaks, or None if it is not an optimizer."""
-    if isinstance(optimizer, tf1.train.Optimizer):
+    return optimizer_family_of_class(type(optimizer))
+
+
+def optimizer_family_of_class(cls):
+    """``optimizer_family`` for a class (e.g. a Keras optimizer base class)."""
+    if issubclass(cls, tf1.train.Optimizer):
         return V1
-    cls = type(optimizer)
     if not callable(getattr(cls, "apply_gradients", None)):
         return None
     # Keras 3 only: its base class has `stateless_apply` (JAX-style API shared by all backends).
@@ -271,8 +294,11 @@ def prepare_optimizer(optimizer, family, variables):
                 optimizer.build(variables)
 
 
-def apply_gradients(optimizer, family, grads_and_vars, global_step, name):
+def apply_gradients(optimizer, family, grads_and_vars, global_step, name, aggregated=False):
     """Applies ``grads_and_vars`` (no None gradients) and advances ``global_step`` by one.
+
+    ``aggregated``: the gradients were already summed across replicas (a Keras wrapper did it
+    before checking them), so the optimizer must not aggregate them again.
 
     Returns a list of control inputs that complete the update (empty when nothing needs listing).
     """
@@ -282,6 +308,14 @@ def apply_gradients(optimizer, family, grads_and_vars, global_step, name):
         return [d for d in [as_control_input(update)] if d is not None]
     if family == KERAS_3:
         result = optimizer.apply_gradients(grads_and_vars)  # Keras 3 takes no `name`
+    elif family == KERAS_2_11:
+        result = optimizer.apply_gradients(
+            grads_and_vars, name=name, skip_gradients_aggregation=aggregated
+        )
+    elif aggregated:  # Keras OptimizerV2, TF >= 2.2
+        result = optimizer.apply_gradients(
+            grads_and_vars, name=name, experimental_aggregate_gradients=False
+        )
     else:
         result = optimizer.apply_gradients(grads_and_vars, name=name)
     deps = [d for d in [as_control_input(result)] if d is not None]
@@ -308,3 +342,164 @@ def graph_mode_unsupported(family):
             "eagerly / inside tf.function."
         )
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras: what the Keras optimizer wrappers (safegrad/_keras.py) need from each Keras generation
+# ---------------------------------------------------------------------------------------------
+
+KERAS_CLIPPING_ARGUMENTS = ("clipnorm", "clipvalue", "global_clipnorm")
+
+
+def keras():
+    """The Keras behind ``tf.keras`` (Keras 2, Keras 3, or tf-keras with TF_USE_LEGACY_KERAS)."""
+    return _tf_root.keras
+
+
+def keras_major_version():
+    """3 for Keras 3 (only it has ``keras.version()``), else 2."""
+    return 3 if callable(getattr(keras(), "version", None)) else 2
+
+
+def keras_optimizer_base(optimizer):
+    """The Keras base class of ``optimizer``: the class a wrapper of it must subclass.
+
+    Found in the optimizer's own MRO (feature detection), so it is right for TF 2.4's bundled
+    Keras (``OptimizerV2``), Keras 2.11-2.15 and tf-keras (``Optimizer`` or
+    ``legacy``/``OptimizerV2``) and Keras 3 (``Optimizer``).
+    """
+    for cls in type(optimizer).__mro__[1:]:
+        if cls.__name__ in ("Optimizer", "OptimizerV2") and cls.__module__.split(".")[0] in (
+            "keras", "tf_keras", "tensorflow"
+        ):
+            return cls
+    raise TypeError("not a Keras optimizer: {!r}".format(optimizer))
+
+
+def delegating_trackable_mixin():
+    """The mixin that makes a wrapper look like the optimizer it wraps to checkpoints.
+
+    Public as ``tf.__internal__.tracking.DelegatingTrackableMixin`` from TF 2.6; TF 2.4-2.5 only
+    have Keras's private copy in its LossScaleOptimizer module.
+    """
+    tracking = getattr(getattr(_tf_root, "__internal__", None), "tracking", None)
+    mixin = getattr(tracking, "DelegatingTrackableMixin", None)
+    if mixin is None:  # TF 2.4-2.5
+        from tensorflow.python.keras.mixed_precision import loss_scale_optimizer
+
+        mixin = loss_scale_optimizer._DelegatingTrackableMixin
+    return mixin
+
+
+def no_automatic_dependency_tracking(method):
+    """Stops AutoTrackable from tracking attributes set in ``method`` (Keras 2.11+ optimizers)."""
+    tracking = getattr(getattr(_tf_root, "__internal__", None), "tracking", None)
+    decorator = getattr(tracking, "no_automatic_dependency_tracking", None)
+    if decorator is None:  # TF 2.4-2.5
+        from tensorflow.python.training.tracking import base
+
+        decorator = base.no_automatic_dependency_tracking
+    return decorator(method)
+
+
+def serialize_keras_optimizer(optimizer):
+    return keras().optimizers.serialize(optimizer)
+
+
+def deserialize_keras_optimizer(config, custom_objects=None, legacy=False):
+    """``keras.optimizers.deserialize``; ``legacy`` selects OptimizerV2 classes where Keras
+    2.11-2.15 / tf-keras have both generations (their ``use_legacy_optimizer``)."""
+    deserialize = keras().optimizers.deserialize
+    parameters = inspect.signature(deserialize).parameters
+    if "use_legacy_optimizer" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    ):  # Keras 2.10-2.15, tf-keras
+        return deserialize(config, custom_objects=custom_objects, use_legacy_optimizer=legacy)
+    return deserialize(config, custom_objects=custom_objects)  # TF 2.4, Keras 3
+
+
+def keras_inner_clipping(optimizer):
+    """The clipping the Keras optimizer does by itself: {argument: value} of those set."""
+    found = {}
+    for name in KERAS_CLIPPING_ARGUMENTS:
+        try:
+            value = getattr(optimizer, name, None)
+        except (AttributeError, ValueError):
+            value = None
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def keras_aggregate(optimizer, family, grads_and_vars):
+    """All-reduces gradients across replicas the way the optimizer itself would (a no-op with the
+    default strategy), so they can be checked before the optimizer applies them unaggregated."""
+    if family == KERAS_V2:
+        transform = getattr(optimizer, "_transform_unaggregated_gradients", None)
+        if transform is not None:
+            grads_and_vars = transform(grads_and_vars)
+        return optimizer._aggregate_gradients(grads_and_vars)
+    if family == KERAS_2_11:
+        return optimizer.aggregate_gradients(grads_and_vars)
+    return grads_and_vars
+
+
+_KERAS_MODULES = ("keras", "tf_keras", "tensorflow.python.keras")
+_keras_hooks = []
+
+
+def when_keras_is_imported(callback):
+    """Runs ``callback`` once Keras is imported: now if it already is, else right after.
+
+    Loading a model must find safegrad's optimizer classes registered with Keras without paying
+    for a Keras import in ``import safegrad`` (TF1 and non-Keras users never need it). TF 2.10+
+    imports Keras with TensorFlow anyway; otherwise a one-shot import hook fires after
+    ``keras``/``tf_keras`` finishes importing.
+    """
+    if TF_VERSION < (2, 0):
+        return  # the Keras wrappers are TF2-only
+    if any(name in sys.modules for name in _KERAS_MODULES):
+        _run_keras_callback(callback)
+        return
+    _keras_hooks.append(callback)
+    if not any(isinstance(finder, _KerasImportHook) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _KerasImportHook())
+
+
+def _run_keras_callback(callback):
+    try:
+        callback()
+    except Exception as error:  # never break the user's Keras import
+        warnings.warn("safegrad could not register its Keras classes: {!r}".format(error))
+
+
+class _KerasImportHook(importlib.abc.MetaPathFinder):
+    """Finds nothing itself; wraps the loader of ``keras``/``tf_keras`` to run the callbacks after
+    the package executed, then removes itself."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in ("keras", "tf_keras"):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        execute = getattr(loader, "exec_module", None)
+        if execute is None:
+            return None
+        hook = self
+
+        def exec_module(module):
+            execute(module)
+            if hook in sys.meta_path:
+                sys.meta_path.remove(hook)
+            while _keras_hooks:
+                _run_keras_callback(_keras_hooks.pop(0))
+
+        loader.exec_module = exec_module
+        return spec

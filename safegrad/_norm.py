@@ -10,7 +10,7 @@ NaN/Inf diagnosis that names the offending variables.
 
 import collections
 
-from safegrad._compat import do_not_convert, tf
+from safegrad._compat import do_not_convert, in_xla_context, tf
 from safegrad._structure import GradientList
 
 _HALF_TYPES = (tf.float16, tf.bfloat16)
@@ -32,6 +32,12 @@ def dedup_slices(slices):
     Repeated indices add up in the dense tensor, so its norm is that of the per-index sums
     (``tf.clip_by_global_norm`` squares each slice instead: [1], [1] at index 0 gives sqrt(2)).
     """
+    if in_xla_context():
+        # XLA has no Unique: sum into every row of the dense shape instead (dense memory, but
+        # still no dense gradient handed to the optimizer).
+        rows = tf.cast(slices.dense_shape[0], slices.indices.dtype)
+        summed = tf.math.unsorted_segment_sum(slices.values, slices.indices, rows)
+        return summed, tf.range(rows)
     unique_indices, positions = tf.unique(slices.indices)
     summed = tf.math.unsorted_segment_sum(slices.values, positions, tf.shape(unique_indices)[0])
     return summed, unique_indices

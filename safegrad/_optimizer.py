@@ -7,7 +7,15 @@ from safegrad._step import StepPolicy, apply_gradients_safely, check_optimizer
 
 
 class SafeOptimizer(tf1.train.Optimizer):
-    """Wraps a ``tf.compat.v1.train.Optimizer`` so existing training code becomes safe.
+    """Wraps an optimizer so existing training code becomes safe.
+
+    Given a ``tf.compat.v1.train.Optimizer`` it returns this class; given a ``tf.keras``
+    optimizer (Keras 2 ``OptimizerV2``, the Keras 2.11+ optimizers, Keras 3, tf-keras) it returns
+    a Keras optimizer of the same API that works in ``model.compile``/``fit``, in custom loops
+    (``apply_gradients``, also inside ``tf.function``), saves and loads with the model, and adds
+    ``minimize``/``compute_gradients`` under Keras 3 (see the README's Keras section).
+
+    For v1 optimizers:
 
     ``minimize(loss, global_step=...)``, ``compute_gradients`` and
     ``apply_gradients(grads_and_vars, global_step=...)`` keep working and get exactly the
@@ -34,6 +42,15 @@ class SafeOptimizer(tf1.train.Optimizer):
     """
 
     _safegrad_wrapper = True  # clip_and_apply refuses to check and clip a second time
+
+    def __new__(cls, optimizer=None, *args, **kwargs):
+        # A Keras optimizer gets a Keras optimizer back (compile() needs one): the wrapper class of
+        # its Keras API, built on the optimizer's own base class (see safegrad/_keras.py).
+        if cls is SafeOptimizer and _compat.optimizer_family(optimizer) in _compat.KERAS_FAMILIES:
+            from safegrad import _keras
+
+            return _keras.wrap(optimizer, *args, **kwargs)
+        return super(SafeOptimizer, cls).__new__(cls)
 
     def __init__(
         self,
@@ -117,7 +134,7 @@ class SafeOptimizer(tf1.train.Optimizer):
 
     def variables(self):
         """The wrapped optimizer's variables plus safegrad's counters for this graph."""
-        return list(self._optimizer.variables()) + list(self.step_state.variables)
+        return list(self._optimizer.variables()) + self.step_state.all_variables
 
     def __getattr__(self, name):
         # Only reached when normal lookup fails. Private names are never forwarded: Trackable and

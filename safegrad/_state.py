@@ -22,6 +22,10 @@ class StepState(tf.Module):
         was not finite).
       clipped: bool, whether a norm bound was active at the last step.
       skipped: bool, whether the last step was skipped.
+      steps: int64, all steps taken (applied and skipped).
+      clipped_steps: int64, applied steps on which a norm bound was active.
+      global_norm_sum: float64, sum of the global norms of all applied steps (for averages
+        over an interval: difference of two readings / difference in applied steps).
     """
 
     def __init__(self):
@@ -32,6 +36,17 @@ class StepState(tf.Module):
             self.global_norm = new_state_variable(0.0, tf.float32, "global_norm")
             self.clipped = new_state_variable(False, tf.bool, "clipped")
             self.skipped = new_state_variable(False, tf.bool, "skipped")
+            self.steps = new_state_variable(0, tf.int64, "steps")
+            self.clipped_steps = new_state_variable(0, tf.int64, "clipped_steps")
+            self.global_norm_sum = new_state_variable(0.0, tf.float64, "global_norm_sum")
+
+    @property
+    def all_variables(self):
+        """Every variable, in a fixed order (what savers list)."""
+        return [
+            self.consecutive_skips, self.total_skips, self.global_norm, self.clipped, self.skipped,
+            self.steps, self.clipped_steps, self.global_norm_sum,
+        ]
 
     def record_applied(self, global_norm, clipped, reset_streak):
         """Assignments for an applied step; returns the ops to depend on (none eagerly)."""
@@ -39,6 +54,9 @@ class StepState(tf.Module):
             self.global_norm.assign(global_norm, read_value=False),
             self.clipped.assign(clipped, read_value=False),
             self.skipped.assign(False, read_value=False),
+            self.steps.assign_add(1, read_value=False),
+            self.clipped_steps.assign_add(tf.cast(clipped, tf.int64), read_value=False),
+            self.global_norm_sum.assign_add(tf.cast(global_norm, tf.float64), read_value=False),
         ]
         if reset_streak:
             ops.append(self.consecutive_skips.assign(0, read_value=False))
@@ -52,8 +70,20 @@ class StepState(tf.Module):
             self.global_norm.assign(global_norm, read_value=False),
             self.clipped.assign(False, read_value=False),
             self.skipped.assign(True, read_value=False),
+            self.steps.assign_add(1, read_value=False),
         ]
         return [op for op in ops if op is not None]
+
+    def snapshot(self):
+        """Current values as a dict of Python numbers (eager only)."""
+        return {
+            "consecutive_skips": int(self.consecutive_skips.numpy()),
+            "total_skips": int(self.total_skips.numpy()),
+            "global_norm": float(self.global_norm.numpy()),
+            "steps": int(self.steps.numpy()),
+            "clipped_steps": int(self.clipped_steps.numpy()),
+            "global_norm_sum": float(self.global_norm_sum.numpy()),
+        }
 
 
 @do_not_convert

@@ -10,7 +10,7 @@ optimizer's own update is issued, so it can later be moved to a cross-replica co
 import collections
 
 from safegrad import _compat, _validate
-from safegrad._check import fail_unless, failure_message
+from safegrad._check import check_no_xla, fail_unless, failure_message
 from safegrad._clip import clip_for_policy
 from safegrad._compat import do_not_convert, tf
 from safegrad._norm import dense_equivalent_values, inspect
@@ -204,12 +204,14 @@ def _no_gradients_error(form):
 
 @do_not_convert
 def apply_gradients_safely(
-    optimizer, family, grads_and_vars, policy, global_step=None, name=None, state_owner=None
+    optimizer, family, grads_and_vars, policy, global_step=None, name=None, state_owner=None,
+    aggregated=False,
 ):
     """Check, clip and apply already-computed (gradient, variable) pairs under ``policy``.
 
     Returns what ``clip_and_apply`` returns. ``state_owner`` is the object whose ``StepState`` is
-    updated (the optimizer itself, or the ``SafeOptimizer`` wrapping it).
+    updated (the optimizer itself, or the ``SafeOptimizer`` wrapping it). ``aggregated``: the
+    gradients are already summed across replicas; the optimizer must not sum them again.
     """
     form = GradientList.parse(grads_and_vars, "grads_and_vars")
     if form.variables is None:
@@ -223,7 +225,13 @@ def apply_gradients_safely(
     gradients = [form.gradients[i] for i in present]
     variables = [form.variables[i] for i in present]
     state = step_state(state_owner if state_owner is not None else optimizer)
-    checking = policy.on_nonfinite != "ignore"
+    if policy.on_nonfinite == "raise":
+        check_no_xla("on_nonfinite='raise'")
+    if policy.max_consecutive_skips is not None:
+        check_no_xla("max_consecutive_skips")
+    # Under XLA (skip/ignore only) there are no string ops: the report naming variables is not
+    # built, since nothing would show it.
+    checking = policy.on_nonfinite != "ignore" and not _compat.in_xla_context()
 
     values = [dense_equivalent_values(g) for g in gradients]
     raw = inspect(
@@ -235,7 +243,7 @@ def apply_gradients_safely(
 
     def apply_update():
         deps = _compat.apply_gradients(
-            optimizer, family, zip(clipped, variables), global_step, name
+            optimizer, family, zip(clipped, variables), global_step, name, aggregated=aggregated
         )
         with tf.control_dependencies(deps):
             recorded = state.record_applied(

@@ -352,3 +352,37 @@ def test_keras_weights_are_named_by_their_keras_name(tf2_mode):
         run(x)
     (label,) = named_in(info.value)  # the kernel's gradient is x: NaN; the bias's is finite
     assert re.match(r"^(sequential(_\d+)?/)?dense/kernel \(NaN\)$", label), label
+
+
+def _xla_available():
+    import inspect
+
+    return TF2 and "jit_compile" in inspect.signature(tf.function).parameters
+
+
+@pytest.mark.skipif(not _xla_available(), reason="tf.function(jit_compile=...) needs TF >= 2.5")
+def test_xla_compiled_step_skips_and_refuses_to_pretend_it_can_raise():
+    table = tf.Variable(np.ones([5, 2], np.float32), name="table")
+    w = tf.Variable([1.0, 1.0], name="w")
+    optimizer = tf1.train.GradientDescentOptimizer(1.0)
+
+    @tf.function(jit_compile=True)
+    def skip_step(ids, x):
+        loss = lambda: tf.reduce_sum(tf.gather(table, ids)) + tf.reduce_sum(w * x)  # noqa: E731
+        return safegrad.clip_and_apply(optimizer, loss, [table, w], clip_norm=2.0, on_nonfinite="skip")
+
+    ids = np.array([1, 1, 3], np.int32)
+    assert bool(skip_step(ids, np.array([0.0, 0.0], np.float32)))
+    dense = np.zeros([5, 2])
+    np.add.at(dense, ids, 1.0)  # sparse gradient, repeated index: dense norm sqrt(2*4 + 2*1) = sqrt(10)
+    np.testing.assert_allclose(table.numpy(), 1.0 - dense * 2.0 / np.sqrt(10.0), rtol=1e-6)
+    before = table.numpy().copy()
+    assert not bool(skip_step(ids, np.array([np.nan, 0.0], np.float32)))
+    np.testing.assert_array_equal(table.numpy(), before)
+
+    @tf.function(jit_compile=True)
+    def raise_step(x):
+        return safegrad.clip_and_apply(optimizer, lambda: tf.reduce_sum(w * x), [w])
+
+    with pytest.raises(ValueError, match="XLA"):
+        raise_step(np.array([1.0, 1.0], np.float32))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import safegrad
+from safegrad import _compat
 from safegrad._compat import tf, tf1
 
 from conftest import TF2
@@ -128,9 +129,12 @@ def test_rejects_what_it_cannot_wrap():
 
 
 @pytest.mark.skipif(not TF2, reason="Keras optimizers: TF2")
-def test_keras_optimizer_is_refused_for_now():
-    with pytest.raises(TypeError, match="tf.compat.v1.train.Optimizer"):
-        safegrad.SafeOptimizer(tf.keras.optimizers.SGD(0.1))
+def test_keras_optimizer_gets_a_keras_optimizer_back():
+    inner = tf.keras.optimizers.SGD(0.1)
+    wrapped = safegrad.SafeOptimizer(inner, clip_norm=1.0)
+    assert isinstance(wrapped, _compat.keras_optimizer_base(inner))  # what compile() requires
+    assert not isinstance(wrapped, safegrad.SafeOptimizer)
+    assert wrapped.inner_optimizer is inner
 
 
 # Saving and restoring ----------------------------------------------------------------------------
