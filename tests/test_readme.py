@@ -57,3 +57,24 @@ def test_ci_runs_the_readme_commands():
     ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
     # .ci/run does not copy the commands: it reads them from README.md by these markers.
     assert "ci:main-job" in ci and "ci:tests" in ci
+
+
+@pytest.mark.skipif(not TF2, reason="Keras example: TF2")
+def test_keras_example_runs(tmp_path):
+    from conftest import keras_version
+
+    extension = ".keras" if keras_version() == 3 or _new_keras2_optimizer() else ".h5"
+    setup = DATA + "x = np.concatenate([b[0] for b in batches]); y = np.concatenate([b[1] for b in batches])\n"
+    setup += "logdir = {!r}; path = {!r}\n".format(str(tmp_path / "logs"), str(tmp_path / ("model" + extension)))
+    result = _run_python(setup + block_after("example:keras", "python") + "\nprint(type(restored.optimizer).__name__)")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2].startswith("[1, 1]"), lines  # the poisoned batch comes once per epoch
+    assert lines[-1].startswith("SafeOptimizer")
+
+
+def _new_keras2_optimizer():
+    from safegrad import _compat
+    from safegrad._compat import tf
+
+    return _compat.optimizer_family(tf.keras.optimizers.Adam()) == _compat.KERAS_2_11
