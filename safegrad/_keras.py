@@ -55,6 +55,21 @@ class _SafeKerasMixin(object):
 
     _safegrad_wrapper = True  # clip_and_apply / SafeOptimizer refuse to wrap twice
 
+    @staticmethod
+    def _safegrad_validate(inner, clip_norm, per_variable_clip_norm, clip_value, on_nonfinite,
+                           max_consecutive_skips):
+        """Checks the arguments and the wrapped optimizer; returns (policy, arguments)."""
+        arguments = {
+            "clip_norm": clip_norm,
+            "per_variable_clip_norm": per_variable_clip_norm,
+            "clip_value": clip_value,
+            "on_nonfinite": on_nonfinite,
+            "max_consecutive_skips": max_consecutive_skips,
+        }
+        policy = StepPolicy.create(**arguments)
+        _check_inner(inner)
+        return policy, arguments
+
     def _safegrad_setup(self, inner, family, policy, arguments):
         self._safegrad_inner = inner
         self._safegrad_family = family
@@ -82,6 +97,26 @@ class _SafeKerasMixin(object):
     def step_state(self):
         """This wrapper's ``safegrad.StepState`` (counters, last and summed global norms)."""
         return step_state(self)
+
+    # The wrapped optimizer's learning rate and step counter, as Keras's LossScaleOptimizer.
+    @property
+    def learning_rate(self):
+        return self._safegrad_inner.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self._safegrad_inner.learning_rate = value
+
+    @property
+    def iterations(self):
+        return self._safegrad_inner.iterations
+
+    @iterations.setter
+    def iterations(self, variable):
+        self._safegrad_inner.iterations = variable
+
+    def finalize_variable_values(self, var_list):
+        self._safegrad_inner.finalize_variable_values(var_list)
 
     def compute_gradients(self, loss, var_list=None, tape=None):
         """Raw (gradient, variable) pairs of ``loss``: TF1-style code on any Keras optimizer.
@@ -168,16 +203,6 @@ class _SafeKerasMixin(object):
         return cls(inner, **config)
 
 
-def _arguments(clip_norm, per_variable_clip_norm, clip_value, on_nonfinite, max_consecutive_skips):
-    return {
-        "clip_norm": clip_norm,
-        "per_variable_clip_norm": per_variable_clip_norm,
-        "clip_value": clip_value,
-        "on_nonfinite": on_nonfinite,
-        "max_consecutive_skips": max_consecutive_skips,
-    }
-
-
 def _check_inner(inner):
     if getattr(type(inner), "_safegrad_wrapper", False):
         raise TypeError(
@@ -203,8 +228,10 @@ def _check_inner(inner):
 def wrap(optimizer, clip_norm=None, per_variable_clip_norm=None, clip_value=None,
          on_nonfinite="raise", max_consecutive_skips=None, name=None):
     """``safegrad.SafeOptimizer(keras_optimizer, ...)``: the Keras wrapper of the right API."""
-    StepPolicy.create(clip_norm, per_variable_clip_norm, clip_value, on_nonfinite, max_consecutive_skips)
-    _check_inner(optimizer)
+    # Validate before building/registering the wrapper class, so bad input fails first.
+    _SafeKerasMixin._safegrad_validate(
+        optimizer, clip_norm, per_variable_clip_norm, clip_value, on_nonfinite, max_consecutive_skips
+    )
     cls = wrapper_class(_compat.keras_optimizer_base(optimizer))
     return cls(
         optimizer,
@@ -255,11 +282,10 @@ def _keras3_class(base):
 
         def __init__(self, inner_optimizer, clip_norm=None, per_variable_clip_norm=None,
                      clip_value=None, on_nonfinite="raise", max_consecutive_skips=None, name=None):
-            arguments = _arguments(
-                clip_norm, per_variable_clip_norm, clip_value, on_nonfinite, max_consecutive_skips
+            policy, arguments = self._safegrad_validate(
+                inner_optimizer, clip_norm, per_variable_clip_norm, clip_value, on_nonfinite,
+                max_consecutive_skips,
             )
-            policy = StepPolicy.create(**arguments)
-            _check_inner(inner_optimizer)
             super(SafeOptimizer, self).__init__(
                 learning_rate=0.0, name=name or "safe_" + inner_optimizer.name
             )
@@ -300,21 +326,6 @@ def _keras3_class(base):
         def scale_loss(self, loss):
             return self._safegrad_inner.scale_loss(loss)
 
-        @property
-        def learning_rate(self):
-            return self._safegrad_inner.learning_rate
-
-        @learning_rate.setter
-        def learning_rate(self, value):
-            self._safegrad_inner.learning_rate = value
-
-        @property
-        def iterations(self):
-            return self._safegrad_inner.iterations
-
-        def finalize_variable_values(self, var_list):
-            self._safegrad_inner.finalize_variable_values(var_list)
-
     SafeOptimizer.__init__.__doc__ = _INIT_DOC
     return SafeOptimizer
 
@@ -329,11 +340,10 @@ def _keras2_optimizer_class(base):
         def __init__(self, inner_optimizer, clip_norm=None, per_variable_clip_norm=None,
                      clip_value=None, on_nonfinite="raise", max_consecutive_skips=None, name=None):
             # The base __init__ is not called: every piece of state is the wrapped optimizer's.
-            arguments = _arguments(
-                clip_norm, per_variable_clip_norm, clip_value, on_nonfinite, max_consecutive_skips
+            policy, arguments = self._safegrad_validate(
+                inner_optimizer, clip_norm, per_variable_clip_norm, clip_value, on_nonfinite,
+                max_consecutive_skips,
             )
-            policy = StepPolicy.create(**arguments)
-            _check_inner(inner_optimizer)
             delegating.__init__(self, inner_optimizer)
             self.name = name or "safe_" + inner_optimizer.name
             self._safegrad_setup(inner_optimizer, KERAS_2_11, policy, arguments)
@@ -368,31 +378,12 @@ def _keras2_optimizer_class(base):
             return self._safegrad_apply(grads_and_vars, name=name, aggregate=aggregate)
 
         @property
-        def iterations(self):
-            return self._safegrad_inner.iterations
-
-        @iterations.setter
-        def iterations(self, variable):
-            self._safegrad_inner.iterations = variable
-
-        @property
-        def learning_rate(self):
-            return self._safegrad_inner.learning_rate
-
-        @learning_rate.setter
-        def learning_rate(self, value):
-            self._safegrad_inner.learning_rate = value
-
-        @property
         def use_ema(self):
             return self._safegrad_inner.use_ema
 
         @property
         def ema_momentum(self):
             return self._safegrad_inner.ema_momentum
-
-        def finalize_variable_values(self, var_list):
-            self._safegrad_inner.finalize_variable_values(var_list)
 
     SafeOptimizer.__init__.__doc__ = _INIT_DOC
     return SafeOptimizer
@@ -409,11 +400,10 @@ def _optimizer_v2_class(base):
         def __init__(self, inner_optimizer, clip_norm=None, per_variable_clip_norm=None,
                      clip_value=None, on_nonfinite="raise", max_consecutive_skips=None, name=None):
             # The base __init__ is not called: every piece of state is the wrapped optimizer's.
-            arguments = _arguments(
-                clip_norm, per_variable_clip_norm, clip_value, on_nonfinite, max_consecutive_skips
+            policy, arguments = self._safegrad_validate(
+                inner_optimizer, clip_norm, per_variable_clip_norm, clip_value, on_nonfinite,
+                max_consecutive_skips,
             )
-            policy = StepPolicy.create(**arguments)
-            _check_inner(inner_optimizer)
             delegating.__init__(self, inner_optimizer)
             self._name = name or "Safe" + inner_optimizer._name
             self._safegrad_setup(inner_optimizer, KERAS_V2, policy, arguments)
@@ -436,14 +426,6 @@ def _optimizer_v2_class(base):
 
         def _aggregate_gradients(self, grads_and_vars):
             return self._safegrad_inner._aggregate_gradients(grads_and_vars)
-
-        @property
-        def iterations(self):
-            return self._safegrad_inner.iterations
-
-        @iterations.setter
-        def iterations(self, variable):
-            self._safegrad_inner.iterations = variable
 
         def get_slot_names(self):
             return self._safegrad_inner.get_slot_names()
@@ -491,14 +473,6 @@ def _optimizer_v2_class(base):
             return None
 
         @property
-        def learning_rate(self):
-            return self._safegrad_inner.learning_rate
-
-        @learning_rate.setter
-        def learning_rate(self, value):
-            self._safegrad_inner.learning_rate = value
-
-        @property
         def lr(self):
             return self._safegrad_inner.learning_rate
 
@@ -521,7 +495,7 @@ def _optimizer_v2_class(base):
 
         def __setattr__(self, name, value):
             inner = self.__dict__.get("_safegrad_inner")
-            if inner is not None and name in getattr(inner, "_hyper", {}) and name not in type(self).__dict__:
+            if inner is not None and name in getattr(inner, "_hyper", {}) and not hasattr(type(self), name):
                 inner._set_hyper(name, value)
             else:
                 object.__setattr__(self, name, value)
