@@ -139,7 +139,7 @@ def clip_per_variable(grads, clip_norm=None, clip_value=None):
     return form.rebuild(gradients)
 
 
-def clip_for_policy(gradients, values, raw, policy):
+def clip_for_policy(gradients, values, raw, policy, fold_global_scale=False):
     """The clipping of one safegrad step: value, then per-variable norm, then global norm.
 
     Args:
@@ -149,10 +149,14 @@ def clip_for_policy(gradients, values, raw, policy):
         they describe have not been changed by an earlier clipping stage, so the common cases
         read every gradient only once.
       policy: the step's ``StepPolicy``.
+      fold_global_scale: leave the global-norm scale out of the gradients and return it, for an
+        optimizer that can fold it into its update (plain gradient descent: one write of every
+        gradient less).
 
     Returns:
-      ``(clipped gradients, clipped)``: ``clipped`` is a bool scalar, True when a per-variable or
-      the global norm bound was active.
+      ``(clipped gradients, clipped, global_scale)``: ``clipped`` is a bool scalar, True when a
+      per-variable or the global norm bound was active; ``global_scale`` is the scale still to
+      apply (a float32 scalar) when ``fold_global_scale``, else None.
     """
     clipped = tf.constant(False)
     norms = raw.norms
@@ -171,9 +175,13 @@ def clip_for_policy(gradients, values, raw, policy):
         global_norm = tf.where(
             tf.reduce_all(tf.math.is_finite(norms)), _rescaled_norm(norms * scales), global_norm
         )
+    folded = None
     if policy.clip_norm is not None:
         limit = _validate.runtime_positive(policy.clip_norm, "clip_norm")
         scale = clip_scale(global_norm, limit)
-        gradients = [scale_gradient(g, scale) for g in gradients]
+        if fold_global_scale:
+            folded = scale
+        else:
+            gradients = [scale_gradient(g, scale) for g in gradients]
         clipped = tf.logical_or(clipped, scale < 1.0)
-    return gradients, clipped
+    return gradients, clipped, folded

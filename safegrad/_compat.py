@@ -76,6 +76,31 @@ def in_xla_context():
     return bool(control_flow_util.GraphOrParentsInXlaContext(tf1.get_default_graph()))
 
 
+def lazy_cond(pred, true_fn, false_fn):
+    """``tf.cond`` whose untaken branch costs nothing at run time.
+
+    A lowered cond (Switch/Merge, what TF 1.x builds and TF 2.x lowers ``If`` ops to) pays, on
+    every step, one Switch per captured tensor plus a dead-node visit for every op of the untaken
+    branch. The overflow/diagnosis branch of the global norm captures every gradient and has ~20
+    ops per gradient: on a 200-variable model that was 6-12% of a step in a Session. An ``If`` op
+    kept as a function call (``_lower_using_switch_merge=False``) runs only the taken branch.
+    Private API (``cond_v2``, the lowering attribute), present from TF 1.15 to 2.21; branches
+    must not capture ref variables (TF1) - the callers capture only tensors.
+    """
+    if tf.executing_eagerly():
+        return tf.cond(pred, true_fn, false_fn)
+    from tensorflow.core.framework import attr_value_pb2
+    from tensorflow.python.ops import cond_v2
+
+    graph = tf1.get_default_graph()
+    before = len(graph.get_operations())
+    result = cond_v2.cond_v2(pred, true_fn, false_fn, name="safegrad_cond")
+    for op in graph.get_operations()[before:]:
+        if op.type in ("If", "StatelessIf"):
+            op._set_attr("_lower_using_switch_merge", attr_value_pb2.AttrValue(b=False))
+    return result
+
+
 def outer_context_key():
     """The graph that variables created now would live in, or None when that is eager.
 
@@ -241,7 +266,7 @@ def compute_gradients(optimizer, family, loss, var_list, tape):
         if variables is None:
             variables = list(tape.watched_variables())
         return list(zip(tape.gradient(loss, variables), variables))
-    if family == V1 and not (callable(loss) and callable(var_list)):
+    if family == V1 and _uses_own_compute_gradients(optimizer) and not (callable(loss) and callable(var_list)):
         # (v1 compute_gradients cannot take a callable var_list: TF1 has no such notion and
         # TF2's tape.watch()es it before the loss runs. Those cases take the tape path below.)
         if callable(var_list):
@@ -266,6 +291,18 @@ def compute_gradients(optimizer, family, loss, var_list, tape):
     if not variables:
         raise ValueError("No variables to optimize: pass `var_list`. Received: var_list=None")
     return list(zip(tf.gradients(loss, variables), variables))
+
+
+def _uses_own_compute_gradients(optimizer):
+    """Whether a v1 optimizer's gradients must come from its own ``compute_gradients``.
+
+    Needed when a subclass overrides it (loss scaling, Horovod's all-reduce) and under a
+    tf.distribute strategy (it divides the loss by the replica count). Otherwise the base method
+    only adds cost: in a graph it gates every gradient op (GATE_OP) and under TF2 it makes every
+    gradient wait for the loss value, 20% of an M1 step in tf.function (benchmarks/).
+    """
+    overridden = type(optimizer).compute_gradients is not tf1.train.Optimizer.compute_gradients
+    return overridden or tf.distribute.has_strategy()
 
 
 def _resolve_var_list(var_list):
@@ -324,6 +361,31 @@ def apply_gradients(optimizer, family, grads_and_vars, global_step, name, aggreg
     with tf.control_dependencies(deps):
         increment = as_control_input(global_step.assign_add(1, read_value=False))
     return deps + ([increment] if increment is not None else [])
+
+
+def can_fold_scale(optimizer):
+    """Whether the global clip scale can go into the update instead of into every gradient.
+
+    Exactly for plain gradient descent, ``w - lr * (s * g) == w - (lr * s) * g``: then safegrad
+    does not write a scaled copy of every gradient (a full pass over all of them, and on a
+    200-variable model most of the cost of clipping beyond the norm itself; see benchmarks/).
+    Only the exact class: a subclass may change the update.
+    """
+    return type(optimizer) is tf1.train.GradientDescentOptimizer
+
+
+def scaled_gradient_descent(optimizer, scale):
+    """A ``GradientDescentOptimizer`` equal to ``optimizer`` but with learning rate
+    ``learning_rate * scale``. Gradient descent has no slots, so a per-step twin is stateless."""
+    learning_rate = optimizer._learning_rate  # float, tensor, or (TF2) zero-argument callable
+    if callable(learning_rate):
+        learning_rate = learning_rate()
+    learning_rate = tf.convert_to_tensor(learning_rate)
+    return tf1.train.GradientDescentOptimizer(
+        learning_rate * tf.cast(scale, learning_rate.dtype),
+        use_locking=optimizer._use_locking,
+        name=optimizer.get_name(),
+    )
 
 
 def graph_mode_unsupported(family):

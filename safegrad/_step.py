@@ -239,16 +239,19 @@ def apply_gradients_safely(
         names=form.names(present) if checking else None,
         per_gradient=policy.per_variable_clip_norm is not None and policy.clip_bounds is None,
     )
-    clipped, was_clipped = clip_for_policy(gradients, values, raw, policy)
+    fold = policy.clip_norm is not None and _compat.can_fold_scale(optimizer)
+    clipped, was_clipped, scale = clip_for_policy(gradients, values, raw, policy, fold_global_scale=fold)
 
     def apply_update():
+        target = _compat.scaled_gradient_descent(optimizer, scale) if fold else optimizer
         deps = _compat.apply_gradients(
-            optimizer, family, zip(clipped, variables), global_step, name, aggregated=aggregated
+            target, family, zip(clipped, variables), global_step, name, aggregated=aggregated
         )
-        with tf.control_dependencies(deps):
-            recorded = state.record_applied(
-                raw.global_norm, was_clipped, reset_streak=policy.on_nonfinite == "skip"
-            )
+        # The statistics need only the norm: recorded beside the update, not after it, so they
+        # stay off the step's critical path (raise mode: both wait for the check).
+        recorded = state.record_applied(
+            raw.global_norm, was_clipped, reset_streak=policy.on_nonfinite == "skip"
+        )
         with tf.control_dependencies(deps + recorded):
             return tf.identity(tf.constant(True))
 

@@ -11,6 +11,7 @@ import numbers
 from safegrad._compat import is_variable, tf
 
 ON_NONFINITE_CHOICES = ("raise", "skip", "ignore")
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _is_tensor(value):
@@ -52,6 +53,10 @@ def positive_scalar(value, name):
     static = _static_scalar(value, name)
     if static is not None and not (static > 0 and not math.isinf(static)):
         raise ValueError("`{0}` must be > 0 and finite. Received: {0}={1!r}".format(name, value))
+    if static is not None and static > _FLOAT32_MAX:
+        raise ValueError(
+            "`{0}` must be at most 3.4e38: norms are float32. Received: {0}={1!r}".format(name, value)
+        )
     return value
 
 

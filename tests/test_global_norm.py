@@ -123,3 +123,32 @@ def test_random_mixture_matches_numpy(mode):
 def test_empty_gradient_tensor(mode):
     result = mode.run(lambda x: safegrad.global_norm([x]), np.zeros([0, 3], np.float32))
     assert result == 0.0
+
+
+def test_mixed_dtypes_overflow_and_per_gradient_order(mode):
+    big64 = np.full([10], 1e200, np.float64)  # its squares overflow even float64
+    small32 = np.array([3.0, 4.0], np.float32)
+    big32 = np.full([1000], 1e20, np.float32)
+
+    def body(a, b, c):
+        norm = safegrad.global_norm([a, b, c])
+        per = safegrad.clip_per_variable([a, b, c], clip_norm=1e38)  # nothing clipped
+        return norm, per[0], per[1]
+
+    norm, out_a, out_b = mode.run(body, big64, small32, big32)
+    assert np.isinf(norm)  # 3.2e200 is not representable as the float32 result
+    np.testing.assert_array_equal(out_a, big64)
+    np.testing.assert_array_equal(out_b, small32)
+
+
+def test_mixed_dtypes_report_names_in_order(mode):
+    w = [mode.variable(np.zeros(2), "a", dtype=tf.float64), mode.variable(np.zeros(2), "b"), mode.variable(np.zeros(2), "c", dtype=tf.float64)]
+
+    def body(x, y, z):
+        check = safegrad.assert_finite([(x, w[0]), (y, w[1]), (z, w[2])])
+        with tf.control_dependencies([check] if check is not None else []):
+            return tf.constant(1.0) * 1.0
+
+    run = mode.step(body, np.zeros(2), np.zeros(2, np.float32), np.zeros(2))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"for: a \(Inf\), c \(NaN\)"):
+        run(np.array([np.inf, 0.0]), np.ones(2, np.float32), np.array([np.nan, 0.0]))

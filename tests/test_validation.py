@@ -23,6 +23,7 @@ STEP_CASES = [
     (dict(clip_norm=0.0), ValueError, "Received: clip_norm=0.0"),
     (dict(clip_norm=float("inf")), ValueError, "Received: clip_norm=inf"),
     (dict(clip_norm=float("nan")), ValueError, "Received: clip_norm=nan"),
+    (dict(clip_norm=1e300), ValueError, "`clip_norm` must be at most 3.4e38: norms are float32. Received: clip_norm=1e+300"),
     (dict(clip_norm="1.0"), TypeError, "`clip_norm` must be a number or a scalar tensor. Received: clip_norm='1.0'"),
     (dict(clip_norm=True), TypeError, "Received: clip_norm=True"),
     (dict(per_variable_clip_norm=-2), ValueError, "`per_variable_clip_norm` must be > 0 and finite. Received: per_variable_clip_norm=-2"),
