@@ -72,12 +72,16 @@ def function_trace(kind, count):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100,1000,3000,10000")
+    parser.add_argument("--modes", default="graph,function", help="graph and/or function (TF2)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if TF_VERSION < (2, 0):
         tf1.disable_eager_execution()
     sizes = [int(s) for s in args.sizes.split(",")]
-    modes = [("graph", graph_build)] + ([("function", function_trace)] if TF_VERSION >= (2, 0) else [])
+    wanted = args.modes.split(",")
+    modes = [("graph", graph_build)] if "graph" in wanted else []
+    if "function" in wanted and TF_VERSION >= (2, 0):
+        modes.append(("function", function_trace))
     report = {"tensorflow": TF_VERSION_STRING, "safegrad": safegrad.__version__, "results": []}
     print("safegrad {} build-scale benchmark on TensorFlow {}".format(safegrad.__version__, TF_VERSION_STRING))
     for mode, measure in modes:

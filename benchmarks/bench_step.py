@@ -13,6 +13,8 @@ Variants:
   SS  safegrad.clip_and_apply skip mode        the same, skipping non-finite steps
   K   Keras global_clipnorm (tf.function only) the Keras optimizer's own clipping
   L   the norm read alone                      V0 + tf.linalg.global_norm (the floor of any check)
+  X0, X1, XS  V0, V1 and SS compiled with XLA (tf.function(jit_compile=True), TF >= 2.5): XLA fuses
+      the clip scale into the optimizer's update for every optimizer
 
 Models:
   M1  200 variables of 256x256, plain SGD (many variables, cheap gradients)
@@ -154,7 +156,8 @@ def lread(opt, loss, variables, tape_mode):
 
 
 VARIANTS = {"V0": v0, "V1": v1, "V3": v3, "V4": v4, "L": lread}
-ORDER = ["V0", "V1", "V3", "V4", "SR", "SS", "K", "L"]
+ORDER = ["V0", "V1", "V3", "V4", "SR", "SS", "K", "L", "X0", "X1", "XS"]
+FUNCTION_ONLY = ("K", "X0", "X1", "XS")
 
 
 class SessionStep(object):
@@ -188,6 +191,9 @@ class FunctionStep(object):
         variables = spec["variables"](lambda v, n: tf.Variable(v, name=n))
         x = tf.constant(spec["batch"])
         loss = lambda: spec["loss"](variables, x)  # noqa: E731
+        jit = variant.startswith("X")
+        if jit:  # the same step compiled by XLA: X0 = V0, X1 = V1, XS = SS
+            variant = {"X0": "V0", "X1": "V1", "XS": "SS"}[variant]
         if variant == "K":
             optimizer = spec["keras_optimizer"](global_clipnorm=CLIP)
 
@@ -209,7 +215,7 @@ class FunctionStep(object):
                 result = build(optimizer, loss, variables, True)
                 return result[1] if isinstance(result, list) else None
 
-        self.fn = tf.function(step)
+        self.fn = tf.function(step, jit_compile=True) if jit else tf.function(step)
         self.fn()  # trace
         self.ops = len(self.fn.get_concrete_function().graph.get_operations())
 
@@ -217,11 +223,19 @@ class FunctionStep(object):
         self.fn()
 
 
+def _has_jit():
+    import inspect
+
+    return "jit_compile" in inspect.signature(tf.function).parameters
+
+
 def measure(spec, mode, variants, rounds, steps, warmup):
     maker = SessionStep if mode == "session" else FunctionStep
     built = {}
     for name in variants:
-        if name == "K" and mode == "session":
+        if name in FUNCTION_ONLY and mode == "session":
+            continue
+        if name.startswith("X") and not _has_jit():
             continue
         built[name] = maker(spec, name)
     for step in built.values():
@@ -239,17 +253,15 @@ def measure(spec, mode, variants, rounds, steps, warmup):
 
 
 def ratios(result):
-    base = result["V0"]["median_s"]
-    out = {name: r["median_s"] / base for name, r in result.items()}
-    if "V1" in result:
-        out["SR/V1"] = result["SR"]["median_s"] / result["V1"]["median_s"]
-        out["SS/V1"] = result["SS"]["median_s"] / result["V1"]["median_s"]
-    if "V3" in result:
-        out["SR/V3"] = result["SR"]["median_s"] / result["V3"]["median_s"]
-    if "L" in result:
-        extra_clip = result["SR"]["median_s"] - base
-        extra_read = result["L"]["median_s"] - base
-        out["(SR-V0)/(L-V0)"] = extra_clip / extra_read if extra_read > 0 else float("nan")
+    """Ratios to V0, and the pairs the targets are about (when both sides were measured)."""
+    median = {name: r["median_s"] for name, r in result.items()}
+    out = {name: t / median["V0"] for name, t in median.items()} if "V0" in median else {}
+    for a, b in (("SR", "V1"), ("SS", "V1"), ("SR", "V3"), ("XS", "X1")):
+        if a in median and b in median:
+            out["{}/{}".format(a, b)] = median[a] / median[b]
+    if {"SR", "L", "V0"} <= set(median):
+        extra_read = median["L"] - median["V0"]
+        out["(SR-V0)/(L-V0)"] = (median["SR"] - median["V0"]) / extra_read if extra_read > 0 else float("nan")
     return out
 
 
@@ -292,8 +304,8 @@ def main(argv=None):
             for name in ORDER:
                 if name in result:
                     print("  {:<4} {:>10.2f} {:>8.3f} {:>7d}".format(
-                        name, 1e3 * result[name]["median_s"], rel[name], result[name]["ops"]))
-            for key in ("SR/V1", "SS/V1", "SR/V3", "(SR-V0)/(L-V0)"):
+                        name, 1e3 * result[name]["median_s"], rel.get(name, float("nan")), result[name]["ops"]))
+            for key in ("SR/V1", "SS/V1", "SR/V3", "(SR-V0)/(L-V0)", "XS/X1"):
                 if key in rel:
                     print("  {:<16} {:.3f}".format(key, rel[key]))
             sys.stdout.flush()
