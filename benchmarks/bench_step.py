@@ -11,6 +11,7 @@ Variants:
   V4  check_numerics on every gradient
   SR  safegrad.clip_and_apply raise mode       clip_norm, NaN/Inf check, named error
   SS  safegrad.clip_and_apply skip mode        the same, skipping non-finite steps
+  SI  safegrad.clip_and_apply ignore mode      clipping only (diagnostic; --variants ...,SI)
   K   Keras global_clipnorm (tf.function only) the Keras optimizer's own clipping
   L   the norm read alone                      V0 + tf.linalg.global_norm (the floor of any check)
   X0, X1, XS  V0, V1 and SS compiled with XLA (tf.function(jit_compile=True), TF >= 2.5): XLA fuses
@@ -156,7 +157,7 @@ def lread(opt, loss, variables, tape_mode):
 
 
 VARIANTS = {"V0": v0, "V1": v1, "V3": v3, "V4": v4, "L": lread}
-ORDER = ["V0", "V1", "V3", "V4", "SR", "SS", "K", "L", "X0", "X1", "XS"]
+ORDER = ["V0", "V1", "V3", "V4", "SR", "SS", "K", "L", "X0", "X1", "XS"]  # (+ "SI": ignore mode)
 FUNCTION_ONLY = ("K", "X0", "X1", "XS")
 
 
@@ -169,10 +170,10 @@ class SessionStep(object):
             variables = spec["variables"](lambda v, n: tf1.Variable(v, name=n))
             x = tf1.constant(spec["batch"])
             loss_tensor = spec["loss"](variables, x)
-            if variant in ("SR", "SS"):
+            if variant in ("SR", "SS", "SI"):
                 self.op = safegrad.clip_and_apply(
                     spec["optimizer"](), loss_tensor, variables, clip_norm=CLIP,
-                    on_nonfinite="raise" if variant == "SR" else "skip",
+                    on_nonfinite={"SR": "raise", "SS": "skip", "SI": "ignore"}[variant],
                 )
             else:
                 self.op = VARIANTS[variant](spec["optimizer"](), lambda: loss_tensor, variables, False)
@@ -256,7 +257,7 @@ def ratios(result):
     """Ratios to V0, and the pairs the targets are about (when both sides were measured)."""
     median = {name: r["median_s"] for name, r in result.items()}
     out = {name: t / median["V0"] for name, t in median.items()} if "V0" in median else {}
-    for a, b in (("SR", "V1"), ("SS", "V1"), ("SR", "V3"), ("XS", "X1")):
+    for a, b in (("SR", "V1"), ("SS", "V1"), ("SR", "V3"), ("L", "V3"), ("XS", "X1")):
         if a in median and b in median:
             out["{}/{}".format(a, b)] = median[a] / median[b]
     if {"SR", "L", "V0"} <= set(median):
@@ -301,11 +302,11 @@ def main(argv=None):
             print()
             print("{} ({}), {}:".format(model, spec["describe"], mode))
             print("  {:<4} {:>10} {:>8} {:>7}".format("", "ms/step", "x V0", "ops"))
-            for name in ORDER:
+            for name in ORDER + ["SI"]:
                 if name in result:
                     print("  {:<4} {:>10.2f} {:>8.3f} {:>7d}".format(
                         name, 1e3 * result[name]["median_s"], rel.get(name, float("nan")), result[name]["ops"]))
-            for key in ("SR/V1", "SS/V1", "SR/V3", "(SR-V0)/(L-V0)", "XS/X1"):
+            for key in ("SR/V1", "SS/V1", "SR/V3", "L/V3", "(SR-V0)/(L-V0)", "XS/X1"):
                 if key in rel:
                     print("  {:<16} {:.3f}".format(key, rel[key]))
             sys.stdout.flush()
