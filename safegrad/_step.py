@@ -233,6 +233,14 @@ def apply_gradients_safely(
     # built, since nothing would show it.
     checking = policy.on_nonfinite != "ignore" and not _compat.in_xla_context()
 
+    # Under tf.distribute (inside strategy.run) everything below works on the SUM over replicas:
+    # every replica then holds the same gradients, computes the same norm and takes the same
+    # decision, and applies what one device with the global batch would.
+    replica = _compat.replica_context()
+    if replica is not None and not aggregated:
+        gradients = _compat.all_reduce_sum(replica, gradients)
+        aggregated = True
+
     values = [dense_equivalent_values(g) for g in gradients]
     raw = inspect(
         values,
@@ -241,21 +249,25 @@ def apply_gradients_safely(
     )
     fold = policy.clip_norm is not None and _compat.can_fold_scale(optimizer)
     clipped, was_clipped, scale = clip_for_policy(gradients, values, raw, policy, fold_global_scale=fold)
+    if replica is not None and _compat.sums_replicas_itself(family):
+        # v1 and Keras 3 optimizers sum the replicas' gradients again, whatever they are given:
+        # replica 0 gives the (already summed) gradients, the others zeros, so the sum is exact.
+        clipped = [_compat.first_replica_only(replica, g) for g in clipped]
 
-    def apply_update():
-        target = _compat.scaled_gradient_descent(optimizer, scale) if fold else optimizer
+    def apply_update(grads, global_norm, clipped_flag, folded_scale):
+        target = _compat.scaled_gradient_descent(optimizer, folded_scale) if fold else optimizer
         deps = _compat.apply_gradients(
-            target, family, zip(clipped, variables), global_step, name, aggregated=aggregated
+            target, family, zip(grads, variables), global_step, name, aggregated=aggregated
         )
         # The statistics need only the norm: recorded beside the update, not after it, so they
         # stay off the step's critical path (raise mode: both wait for the check).
         recorded = state.record_applied(
-            raw.global_norm, was_clipped, reset_streak=policy.on_nonfinite == "skip"
+            global_norm, clipped_flag, reset_streak=policy.on_nonfinite == "skip"
         )
         with tf.control_dependencies(deps + recorded):
             return tf.identity(tf.constant(True))
 
-    def skip_update():
+    def skip_update(global_norm, report):
         checks = []
         if policy.max_consecutive_skips is not None:
             limit = policy.max_consecutive_skips
@@ -267,23 +279,37 @@ def apply_gradients_safely(
                     " non-finite steps in a row, more than max_consecutive_skips={}".format(limit),
                 ]
             )
-            check = fail_unless(streak <= limit, failure_message(raw.report, suffix=suffix))
+            check = fail_unless(streak <= limit, failure_message(report, suffix=suffix))
             checks = [check] if check is not None else []
         with tf.control_dependencies(checks):
-            recorded = state.record_skipped(raw.global_norm)
+            recorded = state.record_skipped(global_norm)
         with tf.control_dependencies(checks + recorded):
             return tf.identity(tf.constant(False))
 
+    step = (clipped, raw.global_norm, was_clipped, scale)
     if policy.on_nonfinite == "ignore":
-        applied = apply_update()
+        applied = apply_update(*step)
     elif policy.on_nonfinite == "raise":
+        # Every replica evaluates the same assertion on the same summed gradients: all fail
+        # together, before any update (no decision to share, no cond around merge_call).
         check = fail_unless(raw.all_finite, failure_message(raw.report))
         with tf.control_dependencies([check] if check is not None else []):
-            applied = apply_update()
+            applied = apply_update(*step)
     else:
         # Every optimizer variable must exist before the cond: none may be born in a branch.
         _compat.prepare_optimizer(optimizer, family, list(form.variables))
-        applied = tf.cond(raw.all_finite, apply_update, skip_update)
+        if replica is None:
+            applied = tf.cond(
+                raw.all_finite,
+                lambda: apply_update(*step),
+                lambda: skip_update(raw.global_norm, raw.report),
+            )
+        else:
+            # Optimizers update mirrored variables through merge_call, which TF forbids inside a
+            # cond in replica context: the one decision is taken in cross-replica context.
+            applied = _compat.decide_across_replicas(
+                replica, raw.all_finite, apply_update, step, skip_update, (raw.global_norm, raw.report)
+            )
 
     if not _compat.executing_eagerly() and not _compat.inside_function():
         return tf.group(applied, name=name or "safegrad_step")
