@@ -41,3 +41,10 @@ def test_keras_matches_env_name():
 
         assert keras.__version__.startswith("3."), keras.__version__
         assert tf.keras.optimizers.SGD.__module__.startswith("keras"), tf.keras.optimizers.SGD.__module__
+
+
+@pytest.mark.skipif("horovod" not in ENV_NAME, reason="only the Horovod env promises Horovod")
+def test_horovod_env_has_horovod_with_gloo():
+    import horovod.tensorflow as hvd
+
+    assert hvd.gloo_built() and not hvd.mpi_built()
