@@ -13,8 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-import safegrad
-from safegrad._compat import tf
+from two_process_case import one_device
 
 hvd = pytest.importorskip("horovod.tensorflow", reason="Horovod is built only in the py311-tf215-horovod env")
 
@@ -34,25 +33,10 @@ def run_ranks(kind):
     return sorted(ranks, key=lambda r: r["rank"])
 
 
-def one_process(kind):
-    sys.path.insert(0, HERE)
-    import horovod_worker as worker
-
-    w = tf.Variable(np.zeros([3, 1], np.float32))
-    optimizer = tf.compat.v1.train.AdamOptimizer(0.1) if kind == "v1" else tf.keras.optimizers.Adam(0.1)
-    for step in range(worker.STEPS):
-        if step == worker.POISON_STEP:
-            continue
-        x, y = worker.data(step, 0, 1)
-        loss = lambda: tf.reduce_mean(tf.square(tf.matmul(x, w) - y))  # noqa: E731
-        safegrad.clip_and_apply(optimizer, loss, [w], clip_norm=1.0, on_nonfinite="skip")
-    return w.numpy().ravel()
-
-
 @pytest.mark.parametrize("kind", ["v1", "tape"])
 def test_safegrad_outside_horovod_sees_averaged_gradients(kind):
     ranks = run_ranks(kind)
-    golden = one_process(kind)
+    golden = one_device(kind)
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["size"] == 2 for r in ranks)
     for r in ranks:
         np.testing.assert_allclose(r["w"], golden, rtol=1e-5, atol=1e-6)

@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-import safegrad
-from safegrad._compat import TF_VERSION, tf
+from safegrad._compat import TF_VERSION
+from two_process_case import one_device
 
 pytestmark = pytest.mark.skipif(TF_VERSION < (2, 0), reason="multi-worker tests: TF2 envs")
 
@@ -57,22 +57,6 @@ def run_workers(family):
             if process.poll() is None:
                 process.kill()
                 process.wait()
-
-
-def one_device(family):
-    """The same training on one device with the global batch, the poisoned step left out."""
-    sys.path.insert(0, HERE)
-    import multiworker_worker as worker
-
-    w = tf.Variable(np.zeros([3, 1], np.float32))
-    optimizer = tf.compat.v1.train.AdamOptimizer(0.1) if family == "v1" else tf.keras.optimizers.Adam(0.1)
-    for step in range(worker.STEPS):
-        if step == worker.POISON_STEP:
-            continue
-        x, y = worker.data(step, 0, 1)
-        loss = lambda: tf.reduce_sum(tf.square(tf.matmul(x, w) - y)) / worker.GLOBAL_BATCH  # noqa: E731
-        safegrad.clip_and_apply(optimizer, loss, [w], clip_norm=1.0, on_nonfinite="skip")
-    return w.numpy().ravel()
 
 
 @pytest.mark.parametrize("family", ["v1", "keras"])
