@@ -92,7 +92,9 @@ def step_state(optimizer):
 
     Created on first use. In a graph there is one per graph, so it is fetched with
     ``sess.run(state.global_norm)`` etc.; eagerly and in ``tf.function`` there is one, read with
-    ``state.global_norm.numpy()``.
+    ``state.global_norm.numpy()``. Calling it once before the first call of a ``tf.function``
+    that uses ``clip_and_apply`` keeps that function from being traced twice (TF retraces a
+    function that creates variables in its first call).
 
     Args:
       optimizer: the optimizer passed to ``clip_and_apply``, or a ``SafeOptimizer``.

@@ -9,7 +9,7 @@ import safegrad
 from safegrad import _compat
 from safegrad._compat import tf, tf1
 
-from conftest import TF2
+from conftest import TF2, keras_version
 from helpers import OPTIMIZERS, LinearModel, make_optimizer, optimizer_variables, snapshot
 from test_assert_finite import named_in
 
@@ -218,6 +218,35 @@ def test_sparse_embedding_gradient(mode):
     np.add.at(dense, ids, weights)  # row 1 gets [6, 8], row 4 [1, 1]
     expected = table0 - dense / np.linalg.norm(dense)
     np.testing.assert_allclose(mode.read(table), expected, rtol=1e-6)
+
+
+@pytest.mark.skipif(not TF2, reason="tf.function tracing: TF2")
+@pytest.mark.parametrize("family", ["v1-sgd", "keras-sgd"])
+def test_state_created_before_a_function_lets_it_trace_once(family):
+    # Variables created during a tf.function's first call make TF trace it twice (the README
+    # advice for large models); safegrad's counters must be reusable from an eager step_state call.
+    # Keras 2 optimizers create their own variables (iterations, hyperparameters) on first apply.
+    if family == "keras-sgd" and keras_version() < 3:
+        pytest.skip("Keras 2 optimizers create their own variables in the first call")
+    v = tf.Variable([3.0, 4.0])
+    optimizer = tf1.train.GradientDescentOptimizer(0.5) if family == "v1-sgd" else tf.keras.optimizers.SGD(0.5)
+    safegrad.step_state(optimizer)
+    traces = []
+
+    @tf.function
+    def step():
+        traces.append(1)
+        return safegrad.clip_and_apply(optimizer, lambda: tf.reduce_sum(v * v), [v], clip_norm=1.0)
+
+    step()
+    step()
+    assert len(traces) == 1
+    w = np.array([3.0, 4.0])
+    for _ in range(2):
+        g = 2 * w
+        w = w - 0.5 * g * min(1.0, 1.0 / np.linalg.norm(g))
+    np.testing.assert_allclose(v.numpy(), w, rtol=1e-6)
+    assert int(safegrad.step_state(optimizer).steps.numpy()) == 2
 
 
 def test_step_state_records_last_step(mode):
