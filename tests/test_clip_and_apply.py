@@ -229,7 +229,7 @@ def test_state_created_before_a_function_lets_it_trace_once(family):
     if family == "keras-sgd" and keras_version() < 3:
         pytest.skip("Keras 2 optimizers create their own variables in the first call")
     v = tf.Variable([3.0, 4.0])
-    optimizer = tf1.train.GradientDescentOptimizer(0.5) if family == "v1-sgd" else tf.keras.optimizers.SGD(0.5)
+    optimizer = OPTIMIZERS[family]()  # SGD, learning rate 0.1
     safegrad.step_state(optimizer)
     traces = []
 
@@ -244,7 +244,7 @@ def test_state_created_before_a_function_lets_it_trace_once(family):
     w = np.array([3.0, 4.0])
     for _ in range(2):
         g = 2 * w
-        w = w - 0.5 * g * min(1.0, 1.0 / np.linalg.norm(g))
+        w = w - 0.1 * g * min(1.0, 1.0 / np.linalg.norm(g))
     np.testing.assert_allclose(v.numpy(), w, rtol=1e-6)
     assert int(safegrad.step_state(optimizer).steps.numpy()) == 2
 
