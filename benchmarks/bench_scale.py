@@ -92,7 +92,8 @@ def main(argv=None):
             row = {kind: measure(kind, count) for kind in ("V0", "V1", "SR", "SS")}
             per_var = {k: (row[k][1] - row["V0"][1]) / float(count) for k in ("SR", "SS")}
             report["results"].append({"mode": mode, "variables": count, "build": row, "ops_per_variable": per_var})
-            print("  {:>6} | {:>6.2f}s {:>6d} | {:>6.2f}s {:>6d} | {:>6.2f}s {:>6d} | {:>6.2f}s {:>6d} | {:>8.2f} {:>8.2f}".format(
+            cells = "{:>6.2f}s {:>6d} | " * 4
+            print(("  {:>6} | " + cells + "{:>8.2f} {:>8.2f}").format(
                 count, *(row["V0"] + row["V1"] + row["SR"] + row["SS"]), per_var["SR"], per_var["SS"]))
     if args.json:
         with open(args.json, "w") as f:

@@ -161,7 +161,7 @@ ORDER = ["V0", "V1", "V3", "V4", "SR", "SS", "K", "L", "X0", "X1", "XS"]  # (+ "
 FUNCTION_ONLY = ("K", "X0", "X1", "XS")
 
 
-class SessionStep(object):
+class SessionStep:
     """One variant in its own graph and Session."""
 
     def __init__(self, spec, variant):
@@ -185,7 +185,7 @@ class SessionStep(object):
         self.sess.run(self.op)
 
 
-class FunctionStep(object):
+class FunctionStep:
     """One variant as a tf.function over its own variables."""
 
     def __init__(self, spec, variant):

@@ -34,7 +34,7 @@ TARGETS = [
 
 
 def _run(args):
-    return subprocess.run([sys.executable] + args, check=True, universal_newlines=True,
+    return subprocess.run([sys.executable] + args, check=True, text=True,
                           stdout=subprocess.PIPE).stdout
 
 
@@ -97,7 +97,8 @@ def main(argv=None):
 def _markdown(report, runs, rounds):
     lines = ["TensorFlow {}: {} runs x {} rounds; ratios as min / median / max over runs.".format(
         report["tensorflow"], runs, rounds), ""]
-    lines += ["| model | mode | V1/V0 | V3/V0 | V4/V0 | SR/V0 | SS/V0 | L/V0 | SR/V1 | SS/V1 | SR/V3 | L/V3 | (SR-V0)/(L-V0) | XS/X1 |",
+    lines += ["| model | mode | V1/V0 | V3/V0 | V4/V0 | SR/V0 | SS/V0 | L/V0 | SR/V1 | SS/V1 | SR/V3 | L/V3 "
+              "| (SR-V0)/(L-V0) | XS/X1 |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = ["V1", "V3", "V4", "SR", "SS", "L", "SR/V1", "SS/V1", "SR/V3", "L/V3", "(SR-V0)/(L-V0)", "XS/X1"]
     spread = report["ratio_spread"]

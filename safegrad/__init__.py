@@ -18,8 +18,7 @@ from safegrad._optimizer import SafeOptimizer
 from safegrad._state import StepState, step_state
 from safegrad._step import clip_and_apply
 from safegrad._version import __version__
-from safegrad import _compat as _compat_module
-from safegrad import _keras as _keras_module
+from safegrad import _callback, _keras_compat, _keras_wrappers
 
 __all__ = [
     "SafeOptimizer",
@@ -36,14 +35,14 @@ __all__ = [
 
 # Saved Keras models that use SafeOptimizer load without custom_objects: register the wrappers with
 # Keras as soon as Keras is imported (now, if TensorFlow already imported it).
-_compat_module.when_keras_is_imported(_keras_module.register_with_keras)
+_keras_compat.when_keras_is_imported(_keras_wrappers.register_with_keras)
 
 
 def __getattr__(name):
     # StepStatsCallback subclasses the installed Keras's Callback: built on first access, so that
     # `import safegrad` itself never imports Keras.
     if name == "StepStatsCallback":
-        return _keras_module.step_stats_callback_class()
+        return _callback.step_stats_callback_class()
     raise AttributeError("module 'safegrad' has no attribute {!r}".format(name))
 
 

@@ -1,8 +1,9 @@
 """Finite checks that name the offending variables and cost O(1) when everything is finite."""
 
-from safegrad._compat import do_not_convert, executing_eagerly, in_xla_context, raise_invalid_argument, tf
-from safegrad._norm import dense_equivalent_values, inspect
+from safegrad._compat import do_not_convert, in_xla_context
+from safegrad._norm import dense_equivalent_values, inspect_gradients
 from safegrad._structure import GradientList
+from safegrad._tf import executing_eagerly, raise_invalid_argument, tf
 
 NONFINITE_PREFIX = "safegrad: non-finite gradient for: "
 
@@ -86,5 +87,5 @@ def assert_finite(grads_and_vars, message=None):
         return None if executing_eagerly() else tf.no_op(name="safegrad_assert_finite")
     with tf.name_scope("safegrad_assert_finite"):
         values = [dense_equivalent_values(form.gradients[i]) for i in present]
-        seen = inspect(values, names=form.names(present))
+        seen = inspect_gradients(values, names=form.names(present))
         return fail_unless(seen.all_finite, failure_message(seen.report, prefix=message))

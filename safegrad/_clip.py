@@ -1,9 +1,10 @@
 """Clipping that keeps None in place, IndexedSlices sparse, dtypes intact, and damage local."""
 
 from safegrad import _validate
-from safegrad._compat import colocate_with, do_not_convert, tf
-from safegrad._norm import _HALF_TYPES, _rescaled_norm, dedup_slices, dense_equivalent_values, inspect
+from safegrad._compat import colocate_with, do_not_convert
+from safegrad._norm import HALF_TYPES, dedup_slices, dense_equivalent_values, inspect_gradients, rescaled_norm
 from safegrad._structure import GradientList
+from safegrad._tf import tf
 
 
 def clip_scale(norm, clip_norm):
@@ -22,7 +23,7 @@ def scale_gradient(gradient, scale):
     sparse = isinstance(gradient, tf.IndexedSlices)
     values = gradient.values if sparse else gradient
     with colocate_with(values):
-        if values.dtype in _HALF_TYPES:
+        if values.dtype in HALF_TYPES:
             # A float16 scale would underflow for large norms; scale in float32 instead.
             scaled = tf.cast(tf.cast(values, tf.float32) * scale, values.dtype)
         else:
@@ -30,6 +31,13 @@ def scale_gradient(gradient, scale):
     if sparse:
         return tf.IndexedSlices(scaled, gradient.indices, gradient.dense_shape)
     return scaled
+
+
+def value_bounds(clip_value):
+    """``(min, max)`` of a validated ``clip_value``: ``c`` means ``(-c, c)``."""
+    if isinstance(clip_value, (tuple, list)):
+        return tuple(clip_value)
+    return -clip_value, clip_value
 
 
 def clip_values(gradient, bounds):
@@ -85,9 +93,9 @@ def clip_by_global_norm(grads, clip_norm, use_norm=None):
             present = [g for g in form.gradients if g is not None]
             if not present:
                 return form.rebuild(form.gradients), tf.constant(0.0, tf.float32)
-            norm = inspect([dense_equivalent_values(g) for g in present]).global_norm
+            norm = inspect_gradients([dense_equivalent_values(g) for g in present]).global_norm
         else:
-            _validate._static_scalar(use_norm, "use_norm")
+            _validate.static_scalar(use_norm, "use_norm")
             norm = tf.cast(use_norm, tf.float32)
         scale = clip_scale(norm, _validate.runtime_positive(clip_norm, "clip_norm"))
         clipped = [scale_gradient(g, scale) for g in form.gradients]
@@ -117,8 +125,8 @@ def clip_per_variable(grads, clip_norm=None, clip_value=None):
       >>> safegrad.clip_per_variable(grads_and_vars, clip_norm=5.0, clip_value=10.0)
     """
     _validate.positive_scalar(clip_norm, "clip_norm")
-    bounds = _validate.clip_value_bounds(clip_value)
-    if clip_norm is None and bounds is None:
+    _validate.clip_value_bounds(clip_value)
+    if clip_norm is None and clip_value is None:
         raise ValueError(
             "clip_per_variable needs `clip_norm` or `clip_value`. Received: clip_norm=None, "
             "clip_value=None"
@@ -129,11 +137,13 @@ def clip_per_variable(grads, clip_norm=None, clip_value=None):
     if not present:
         return form.rebuild(gradients)
     with tf.name_scope("safegrad_clip_per_variable"):
-        if bounds is not None:
-            gradients = [clip_values(g, bounds) for g in gradients]
+        if clip_value is not None:
+            gradients = [clip_values(g, value_bounds(clip_value)) for g in gradients]
         if clip_norm is not None:
-            norms = inspect([dense_equivalent_values(gradients[i]) for i in present], per_gradient=True).norms
-            scales = clip_scale(norms, _validate.runtime_positive(clip_norm, "clip_norm"))
+            limit = _validate.runtime_positive(clip_norm, "clip_norm")
+            values = [dense_equivalent_values(gradients[i]) for i in present]
+            norms = inspect_gradients(values, per_gradient=True, per_gradient_bound=limit).norms
+            scales = clip_scale(norms, limit)
             for k, i in enumerate(present):
                 gradients[i] = scale_gradient(gradients[i], scales[k])
     return form.rebuild(gradients)
@@ -161,10 +171,15 @@ def clip_for_policy(gradients, values, raw, policy, fold_global_scale=False):
     clipped = tf.constant(False)
     norms = raw.norms
     global_norm = raw.global_norm
-    if policy.clip_bounds is not None:
-        gradients = [clip_values(g, policy.clip_bounds) for g in gradients]
+    if policy.clip_value is not None:
+        bounds = value_bounds(policy.clip_value)
+        gradients = [clip_values(g, bounds) for g in gradients]
         values = [dense_equivalent_values(g) for g in gradients]
-        fresh = inspect(values, per_gradient=policy.per_variable_clip_norm is not None)
+        fresh = inspect_gradients(
+            values,
+            per_gradient=policy.per_variable_clip_norm is not None,
+            per_gradient_bound=policy.per_variable_clip_norm,
+        )
         norms, global_norm = fresh.norms, fresh.global_norm
     if policy.per_variable_clip_norm is not None:
         limit = _validate.runtime_positive(policy.per_variable_clip_norm, "per_variable_clip_norm")
@@ -173,7 +188,7 @@ def clip_for_policy(gradients, values, raw, policy, fold_global_scale=False):
         clipped = tf.logical_or(clipped, tf.reduce_any(scales < 1.0))
         # The global norm of the scaled gradients follows from the per-gradient norms: no re-read.
         global_norm = tf.where(
-            tf.reduce_all(tf.math.is_finite(norms)), _rescaled_norm(norms * scales), global_norm
+            tf.reduce_all(tf.math.is_finite(norms)), rescaled_norm(norms * scales), global_norm
         )
     folded = None
     if policy.clip_norm is not None:

@@ -1,25 +1,34 @@
-"""Global and per-gradient L2 norms: sparse-aware, float32-accumulated, overflow-safe.
+"""Global and per-gradient L2 norms: sparse-aware, float32-accumulated, over- and underflow-safe.
 
 One read of every gradient computes a float32 sum of squares per gradient (``2 * l2_loss``, a
-single fused kernel) and their total. If the total is finite, every element was finite and the
-norm is ``sqrt(total)``: that is the whole success path, plus one scalar ``is_finite`` test. Only
-when the total is not finite does a ``tf.cond`` branch run the expensive work: a rescaled
-recomputation (exact when the plain sum of squares overflowed float32) and the per-gradient
-NaN/Inf diagnosis that names the offending variables.
+single fused kernel) and their total. If the total is finite and not tiny, every element was
+finite and the norm is ``sqrt(total)``: that is the whole success path, plus two scalar tests.
+Only otherwise does a ``tf.cond`` branch run the expensive work: a rescaled recomputation in
+float64 (exact when the plain sum of squares overflowed float32, or when squares below float32's
+smallest normal number flushed to zero) and the per-gradient NaN/Inf diagnosis that names the
+offending variables.
 """
 
 import collections
 
-from safegrad._compat import do_not_convert, in_xla_context, lazy_cond, tf
+from safegrad._compat import do_not_convert, in_xla_context, lazy_cond
 from safegrad._structure import GradientList
+from safegrad._tf import tf
 
-_HALF_TYPES = (tf.float16, tf.bfloat16)
+HALF_TYPES = (tf.float16, tf.bfloat16)
+
+# A float32 sum of squares at least this large is accurate: squares that underflowed (|x| below
+# ~1.1e-19 gives a square below float32's smallest normal 1.18e-38) add at most 1.2e-38 each,
+# i.e. a relative error below 1e-8 for up to 1e10 elements. A smaller total takes the exact
+# (rescaled, float64) path; so does a norm below EXACT_NORM_BELOW compared against a bound.
+ACCURATE_SUM_OF_SQUARES = 1e-20
+EXACT_NORM_BELOW = 1e-10
 
 
 def accumulable(values):
     """``values`` in a dtype whose squares can be summed: float16/bfloat16 -> float32, complex ->
     magnitudes; float32/float64 unchanged."""
-    if values.dtype in _HALF_TYPES:
+    if values.dtype in HALF_TYPES:
         return tf.cast(values, tf.float32)
     if values.dtype.is_complex:
         return tf.abs(values)
@@ -56,7 +65,7 @@ def _half_sum_of_squares(values):
     return tf.cast(tf.nn.l2_loss(values), tf.float32)
 
 
-def _rescaled_norm(values):
+def rescaled_norm(values):
     """``m * sqrt(sum((x / m)^2))`` with ``m = max|x|``: finite whenever every x is finite."""
     largest = tf.reduce_max(tf.abs(values))
     safe = tf.where(largest > 0, largest, tf.ones_like(largest))
@@ -74,19 +83,32 @@ report: string scalar naming each non-finite gradient as 'name (NaN)', 'name (In
 """
 
 
-def inspect(values, names=None, per_gradient=False):
+def inspect_gradients(values, names=None, per_gradient=False, per_gradient_bound=None):
     """Norms and finiteness of ``values`` (dense-equivalent, accumulable tensors).
 
     Args:
       values: non-empty list of tensors from ``dense_equivalent_values``.
       names: optional display names, one per value; enables ``report``.
       per_gradient: whether to return the per-gradient norms too.
+      per_gradient_bound: the bound the per-gradient norms will be compared with (a number or
+        scalar tensor), if any. Per-gradient norms below ``EXACT_NORM_BELOW`` are then computed
+        exactly too, when the bound itself is that small (costs nothing for ordinary bounds).
     """
     # The success path: one fused read per gradient (l2_loss = sum of squares / 2), one stack,
-    # one sum, one scalar test. The cond's fast branch sees only two tensors.
+    # one sum, two scalar tests. The cond's fast branch sees only two tensors.
     halves = tf.stack([_half_sum_of_squares(v) for v in values])
     total = 2.0 * tf.reduce_sum(halves)
-    fast_path = tf.math.is_finite(total)
+    fast_path = tf.logical_and(tf.math.is_finite(total), total >= ACCURATE_SUM_OF_SQUARES)
+    if per_gradient and per_gradient_bound is not None and not _static_at_least(
+        per_gradient_bound, EXACT_NORM_BELOW
+    ):
+        fast_path = tf.logical_and(
+            fast_path,
+            tf.logical_or(
+                tf.cast(per_gradient_bound, tf.float32) >= EXACT_NORM_BELOW,
+                2.0 * tf.reduce_min(halves) >= ACCURATE_SUM_OF_SQUARES,
+            ),
+        )
 
     def fast():
         result = {"global_norm": tf.sqrt(total), "all_finite": tf.constant(True)}
@@ -97,9 +119,10 @@ def inspect(values, names=None, per_gradient=False):
         return result
 
     def slow():
-        # Only reached when the float32 sum of squares is Inf/NaN: some element is non-finite,
-        # or the squares overflowed. Cost does not matter here; accuracy, diagnosis and a small
-        # graph do (this branch is built once per step and captures every gradient).
+        # Only reached when the float32 sum of squares is Inf/NaN (some element is non-finite,
+        # or the squares overflowed) or tiny (squares underflowed). Cost does not matter here;
+        # accuracy, diagnosis and a small graph do (this branch is built once per step and
+        # captures every gradient).
         return _slow_inspection(values, names, per_gradient)
 
     out = lazy_cond(fast_path, fast, slow)
@@ -109,6 +132,11 @@ def inspect(values, names=None, per_gradient=False):
         norms=out.get("norms"),
         report=out.get("report"),
     )
+
+
+def _static_at_least(value, limit):
+    static = tf.get_static_value(value) if isinstance(value, tf.Tensor) else value
+    return static is not None and float(static) >= limit
 
 
 def _slow_inspection(values, names, per_gradient):
@@ -175,10 +203,12 @@ def _report(has_nan, has_inf, names):
         tf.strings.join([names, " (NaN and Inf)"]),
         tf.where(has_nan, tf.strings.join([names, " (NaN)"]), tf.strings.join([names, " (Inf)"])),
     )
-    offending = tf.boolean_mask(labels, tf.logical_or(has_nan, has_inf))
+    # (gather + where rather than boolean_mask, which logs a deprecation warning on TF 1.15)
+    offending = tf.gather(labels, tf.reshape(tf.where(tf.logical_or(has_nan, has_inf)), [-1]))
     return tf.strings.reduce_join(offending, separator=", ")
 
 
+@do_not_convert
 def global_norm(grads):
     """The L2 norm of all gradients together, as ``tf.linalg.global_norm`` but correct everywhere.
 
@@ -188,8 +218,9 @@ def global_norm(grads):
     * float16/bfloat16 gradients are accumulated in float32 (100 x 300.0 in float16 gives 3000,
       not Inf).
     * Finite and accurate whenever every element is finite, even when the plain sum of squares
-      overflows float32 (1000 x 1e20 gives 3.1623e21); the rescaled recomputation runs only in
-      that case, in a ``tf.cond`` branch, so the normal path reads each gradient once.
+      overflows float32 (1000 x 1e20 gives 3.1623e21) or underflows it ([1e-20] gives 1e-20,
+      not 0); the rescaled recomputation runs only in those cases, in a ``tf.cond`` branch, so
+      the normal path reads each gradient once.
     * NaN/Inf when some element is NaN/Inf.
 
     Args:
@@ -207,4 +238,4 @@ def global_norm(grads):
     if not present:
         return tf.constant(0.0, tf.float32)
     with tf.name_scope("safegrad_global_norm"):
-        return inspect([dense_equivalent_values(g) for g in present]).global_norm
+        return inspect_gradients([dense_equivalent_values(g) for g in present]).global_norm

@@ -2,7 +2,9 @@
 
 import weakref
 
-from safegrad._compat import do_not_convert, new_state_variable, outer_context_key, tf, track
+from safegrad._compat import do_not_convert, track_dependency
+from safegrad._tf import outer_context_key, tf
+from safegrad._variables import new_state_variable
 
 # owner (optimizer) -> {"eager": StepState or None, "graphs": {graph: StepState}}
 _REGISTRY = weakref.WeakKeyDictionary()
@@ -29,7 +31,7 @@ class StepState(tf.Module):
     """
 
     def __init__(self):
-        super(StepState, self).__init__(name="safegrad_state")
+        super().__init__(name="safegrad_state")
         with tf.init_scope(), tf.name_scope("safegrad"):
             self.consecutive_skips = new_state_variable(0, tf.int64, "consecutive_skips")
             self.total_skips = new_state_variable(0, tf.int64, "total_skips")
@@ -74,6 +76,17 @@ class StepState(tf.Module):
         ]
         return [op for op in ops if op is not None]
 
+    def __repr__(self):
+        try:
+            values = self.snapshot()
+        except (NotImplementedError, AttributeError, ValueError, TypeError):
+            # A graph's variables are read with a Session: show where they are.
+            names = ", ".join(v.name for v in self.all_variables)
+            return "StepState(graph variables: {}; read them with sess.run)".format(names)
+        values["clipped"] = bool(self.clipped.numpy())
+        values["skipped"] = bool(self.skipped.numpy())
+        return "StepState({})".format(", ".join("{}={!r}".format(k, v) for k, v in values.items()))
+
     def snapshot(self):
         """Current values as a dict of Python numbers (eager only)."""
         return {
@@ -115,7 +128,7 @@ def step_state(optimizer):
     if key is None:
         if entry["eager"] is None:
             entry["eager"] = StepState()
-            track(optimizer, entry["eager"], "safegrad_state")
+            track_dependency(optimizer, entry["eager"], "safegrad_state")
         return entry["eager"]
     state = entry["graphs"].get(key)
     if state is None:

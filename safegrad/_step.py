@@ -1,98 +1,25 @@
 """One safe training step: obtain -> check (raw) -> clip (value, per-variable, global) -> apply.
 
 The data flow is split so that every stage after "raw gradients" is the same code whatever
-produced them (a TF1 Session graph, a TF2 graph, ``tf.function``, eager) and whatever applies them
-(v1 optimizer, Keras 2, Keras 3); ``apply_gradients_safely`` is that shared part, also used by
-``SafeOptimizer``. The apply/skip decision is a single ``tf.cond`` on one scalar, taken where the
-optimizer's own update is issued, so it can later be moved to a cross-replica context unchanged.
+produced them (a TF1 Session graph, a TF2 graph, ``tf.function``, eager) and whatever applies them:
+``apply_gradients_safely`` is that shared part, also used by every ``SafeOptimizer``; it asks the
+optimizer's adapter (``_adapters``) for everything that differs between optimizer APIs. The
+apply/skip decision is a single ``tf.cond`` on one scalar - under tf.distribute taken once, in
+cross-replica context (``_distribute``).
 """
 
-import collections
-
-from safegrad import _compat, _validate
+from safegrad import _distribute, _validate
+from safegrad._adapters import adapter_for
 from safegrad._check import check_no_xla, fail_unless, failure_message
 from safegrad._clip import clip_for_policy
-from safegrad._compat import do_not_convert, tf
-from safegrad._norm import dense_equivalent_values, inspect
+from safegrad._compat import do_not_convert, in_xla_context
+from safegrad._norm import dense_equivalent_values, inspect_gradients
+from safegrad._policy import StepPolicy
 from safegrad._state import step_state
 from safegrad._structure import GradientList
-
-
-class StepPolicy(
-    collections.namedtuple(
-        "StepPolicy",
-        ["clip_norm", "per_variable_clip_norm", "clip_bounds", "on_nonfinite", "max_consecutive_skips"],
-    )
-):
-    """The validated clipping and non-finite policy of a step."""
-
-    @classmethod
-    def create(
-        cls,
-        clip_norm=None,
-        per_variable_clip_norm=None,
-        clip_value=None,
-        on_nonfinite="raise",
-        max_consecutive_skips=None,
-    ):
-        policy = _validate.on_nonfinite(on_nonfinite)
-        return cls(
-            clip_norm=_validate.positive_scalar(clip_norm, "clip_norm"),
-            per_variable_clip_norm=_validate.positive_scalar(
-                per_variable_clip_norm, "per_variable_clip_norm"
-            ),
-            clip_bounds=_validate.clip_value_bounds(clip_value),
-            on_nonfinite=policy,
-            max_consecutive_skips=_validate.max_consecutive_skips(max_consecutive_skips, policy),
-        )
-
-
-def check_optimizer(optimizer, allowed=None):
-    """The optimizer's family; TypeError naming `optimizer` if it is not a supported optimizer."""
-    family = _compat.optimizer_family(optimizer)
-    if family is None or (allowed is not None and family not in allowed):
-        expected = (
-            "a tf.compat.v1.train.Optimizer or a tf.keras optimizer"
-            if allowed is None
-            else " or ".join(allowed)
-        )
-        raise TypeError(
-            "`optimizer` must be {}. Received: optimizer={!r} (of type {})".format(
-                expected, optimizer, type(optimizer).__name__
-            )
-        )
-    reason = _compat.graph_mode_unsupported(family)
-    if reason is not None and _compat.outer_context_key() is not None:
-        raise ValueError("`optimizer` is a {}: {}".format(family, reason))
-    return family
-
-
-def _check_loss(loss, tape):
-    if callable(loss) and not isinstance(loss, (tf.Tensor, tf.Variable)):
-        if tape is not None:
-            raise ValueError(
-                "`loss` is a callable, so safegrad records its own GradientTape; `tape` must be "
-                "None. Pass the loss TENSOR computed under `tape` instead. Received: tape={!r}".format(
-                    tape
-                )
-            )
-        return
-    if not isinstance(loss, (tf.Tensor, tf.Variable)):
-        raise TypeError(
-            "`loss` must be a scalar tensor or a zero-argument callable returning one. Received: "
-            "loss={!r} (of type {})".format(loss, type(loss).__name__)
-        )
-    if tape is not None and not isinstance(tape, tf.GradientTape):
-        raise TypeError(
-            "`tape` must be the tf.GradientTape that recorded `loss`. Received: tape={!r} (of "
-            "type {})".format(tape, type(tape).__name__)
-        )
-    if tape is None and _compat.executing_eagerly():
-        raise ValueError(
-            "`loss` is a tensor but TensorFlow is executing eagerly, where a tensor does not "
-            "remember how it was computed. Pass tape=<the tf.GradientTape that recorded it>, or "
-            "pass loss as a zero-argument callable. Received: loss={!r}, tape=None".format(loss)
-        )
+from safegrad._tf import building_v1_graph, tf
+from safegrad._variables import is_trainable_dtype, variable_name
+from safegrad._wrapping import refuse_wrapper
 
 
 @do_not_convert
@@ -126,7 +53,8 @@ def clip_and_apply(
       loss: a scalar loss tensor (in a graph, or with ``tape``), or a zero-argument callable that
         returns it (then safegrad records the tape; works in every mode).
       var_list: variables to train (list, or zero-argument callable returning one). Default: the
-        trainable variables (the graph collection; eagerly, those the tape watched).
+        trainable variables (the graph collection; eagerly, those the tape watched). Each at most
+        once; non-float variables in it are left alone, as TensorFlow does.
       tape: the ``tf.GradientTape`` that recorded a loss tensor (TF2 eager / ``tf.function``).
       clip_norm: optional bound on the global norm of all gradients.
       per_variable_clip_norm: optional bound on the norm of each gradient.
@@ -141,6 +69,10 @@ def clip_and_apply(
         step in a row; a finite step resets the streak. None: never.
       global_step: optional integer variable advanced by one for each APPLIED update.
       name: optional name for the ops (and of the returned op in a graph).
+
+    The skip counters and last-step statistics live in ``safegrad.step_state(optimizer)``: one set
+    per optimizer (per graph), shared by every ``clip_and_apply`` call that passes the same
+    optimizer (e.g. two losses, one optimizer: the streak counts non-finite steps of both).
 
     Returns:
       In a graph: the train op; ``sess.run`` it to take the step (drop-in for
@@ -165,37 +97,29 @@ def clip_and_apply(
       ...   return safegrad.clip_and_apply(
       ...       optimizer, lambda: loss_fn(model(x), y), model.trainable_variables, clip_norm=1.0)
     """
-    policy = StepPolicy.create(
-        clip_norm=clip_norm,
-        per_variable_clip_norm=per_variable_clip_norm,
-        clip_value=clip_value,
-        on_nonfinite=on_nonfinite,
-        max_consecutive_skips=max_consecutive_skips,
+    policy = StepPolicy.from_arguments(locals())
+    refuse_wrapper(
+        optimizer,
+        "call its minimize()/apply_gradients(), or pass its `inner_optimizer` to clip_and_apply",
     )
-    _reject_wrapped(optimizer)
-    family = check_optimizer(optimizer)
-    _check_loss(loss, tape)
+    adapter = adapter_for(optimizer)
+    adapter.require_supported_context()
+    _validate.loss_and_tape(loss, tape)
     var_list = _validate.var_list(var_list)
     global_step = _validate.global_step(global_step)
     name = _validate.name(name)
     with tf.name_scope(name or "safegrad"):
-        grads_and_vars = _compat.compute_gradients(optimizer, family, loss, var_list, tape)
-        return apply_gradients_safely(
-            optimizer, family, grads_and_vars, policy, global_step=global_step, name=name
-        )
-
-
-def _reject_wrapped(optimizer):
-    if getattr(type(optimizer), "_safegrad_wrapper", False):  # a SafeOptimizer
-        raise TypeError(
-            "`optimizer` is already a safegrad.SafeOptimizer, which checks and clips by itself; "
-            "call its minimize()/apply_gradients(), or pass the wrapped optimizer "
-            "(`.optimizer`) to clip_and_apply. Received: optimizer={!r}".format(optimizer)
-        )
+        grads_and_vars = adapter.compute_gradients(loss, var_list, tape)
+        return apply_gradients_safely(adapter, grads_and_vars, policy, global_step=global_step, name=name)
 
 
 def _no_gradients_error(form):
-    names = [_compat.variable_name(v) for v in form.variables]
+    names = [variable_name(v) for v in form.variables]
+    if not any(is_trainable_dtype(v) for v in form.variables):
+        return ValueError(
+            "No gradients provided for any variable: {}. None of them has a floating-point dtype, "
+            "so none can be trained.".format(names)
+        )
     return ValueError(
         "No gradients provided for any variable: {}. Check that the loss depends on these "
         "variables through differentiable ops.".format(names)
@@ -204,14 +128,22 @@ def _no_gradients_error(form):
 
 @do_not_convert
 def apply_gradients_safely(
-    optimizer, family, grads_and_vars, policy, global_step=None, name=None, state_owner=None,
-    aggregated=False,
+    adapter, grads_and_vars, policy, global_step=None, name=None, state_owner=None, aggregated=False,
 ):
     """Check, clip and apply already-computed (gradient, variable) pairs under ``policy``.
 
-    Returns what ``clip_and_apply`` returns. ``state_owner`` is the object whose ``StepState`` is
-    updated (the optimizer itself, or the ``SafeOptimizer`` wrapping it). ``aggregated``: the
-    gradients are already summed across replicas; the optimizer must not sum them again.
+    Args:
+      adapter: the ``OptimizerAdapter`` of the optimizer that applies the update.
+      grads_and_vars: (gradient, variable) pairs; None gradients are left out.
+      policy: the ``StepPolicy``.
+      global_step: optional integer variable advanced once per applied update.
+      name: optional name of the update ops.
+      state_owner: the object whose ``StepState`` is updated: the optimizer (default), or the
+        ``SafeOptimizer`` wrapping it.
+      aggregated: the gradients are already summed across replicas; nobody may sum them again.
+
+    Returns:
+      What ``clip_and_apply`` returns.
     """
     form = GradientList.parse(grads_and_vars, "grads_and_vars")
     if form.variables is None:
@@ -219,46 +151,46 @@ def apply_gradients_safely(
             "`grads_and_vars` must be a list of (gradient, variable) pairs. Received: "
             "grads_and_vars={!r}".format(grads_and_vars)
         )
+    _validate.distinct_variables(form.variables, "grads_and_vars")
     present = form.present
     if not present:
         raise _no_gradients_error(form)
-    gradients = [form.gradients[i] for i in present]
-    variables = [form.variables[i] for i in present]
-    state = step_state(state_owner if state_owner is not None else optimizer)
     if policy.on_nonfinite == "raise":
         check_no_xla("on_nonfinite='raise'")
     if policy.max_consecutive_skips is not None:
         check_no_xla("max_consecutive_skips")
+    gradients = [form.gradients[i] for i in present]
+    variables = [form.variables[i] for i in present]
+    state = step_state(state_owner if state_owner is not None else adapter.optimizer)
     # Under XLA (skip/ignore only) there are no string ops: the report naming variables is not
     # built, since nothing would show it.
-    checking = policy.on_nonfinite != "ignore" and not _compat.in_xla_context()
+    checking = policy.on_nonfinite != "ignore" and not in_xla_context()
 
     # Under tf.distribute (inside strategy.run) everything below works on the SUM over replicas:
     # every replica then holds the same gradients, computes the same norm and takes the same
     # decision, and applies what one device with the global batch would.
-    replica = _compat.replica_context()
+    replica = _distribute.replica_context()
     if replica is not None and not aggregated:
-        gradients = _compat.all_reduce_sum(replica, gradients)
+        gradients = _distribute.all_reduce_sum(replica, gradients)
         aggregated = True
 
     values = [dense_equivalent_values(g) for g in gradients]
-    raw = inspect(
+    raw = inspect_gradients(
         values,
         names=form.names(present) if checking else None,
-        per_gradient=policy.per_variable_clip_norm is not None and policy.clip_bounds is None,
+        per_gradient=policy.per_variable_clip_norm is not None and policy.clip_value is None,
+        per_gradient_bound=policy.per_variable_clip_norm,
     )
-    fold = policy.clip_norm is not None and _compat.can_fold_scale(optimizer)
+    fold = policy.clip_norm is not None and adapter.can_fold_clip_scale()
     clipped, was_clipped, scale = clip_for_policy(gradients, values, raw, policy, fold_global_scale=fold)
-    if replica is not None and _compat.sums_replicas_itself(family):
-        # v1 and Keras 3 optimizers sum the replicas' gradients again, whatever they are given:
-        # replica 0 gives the (already summed) gradients, the others zeros, so the sum is exact.
-        clipped = [_compat.first_replica_only(replica, g) for g in clipped]
+    if replica is not None and adapter.sums_replicas_itself:
+        # The optimizer sums the replicas' gradients again, whatever it is given: replica 0 gives
+        # the (already summed) gradients, the others zeros, so the sum is exact.
+        clipped = [_distribute.first_replica_only(replica, g) for g in clipped]
 
     def apply_update(grads, global_norm, clipped_flag, folded_scale):
-        target = _compat.scaled_gradient_descent(optimizer, folded_scale) if fold else optimizer
-        deps = _compat.apply_gradients(
-            target, family, zip(grads, variables), global_step, name, aggregated=aggregated
-        )
+        target = adapter.with_clip_scale_folded(folded_scale) if fold else adapter
+        deps = target.apply(zip(grads, variables), global_step, name, aggregated=aggregated)
         # The statistics need only the norm: recorded beside the update, not after it, so they
         # stay off the step's critical path (raise mode: both wait for the check).
         recorded = state.record_applied(
@@ -297,7 +229,7 @@ def apply_gradients_safely(
             applied = apply_update(*step)
     else:
         # Every optimizer variable must exist before the cond: none may be born in a branch.
-        _compat.prepare_optimizer(optimizer, family, list(form.variables))
+        adapter.prepare(list(form.variables))
         if replica is None:
             applied = tf.cond(
                 raw.all_finite,
@@ -307,10 +239,10 @@ def apply_gradients_safely(
         else:
             # Optimizers update mirrored variables through merge_call, which TF forbids inside a
             # cond in replica context: the one decision is taken in cross-replica context.
-            applied = _compat.decide_across_replicas(
+            applied = _distribute.decide_across_replicas(
                 replica, raw.all_finite, apply_update, step, skip_update, (raw.global_norm, raw.report)
             )
 
-    if not _compat.executing_eagerly() and not _compat.inside_function():
+    if building_v1_graph():
         return tf.group(applied, name=name or "safegrad_step")
     return applied

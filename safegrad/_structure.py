@@ -1,6 +1,9 @@
 """The two forms clipping functions accept: gradients, or (gradient, variable) pairs."""
 
-from safegrad._compat import tf, variable_name
+import numpy as np
+
+from safegrad._tf import tf
+from safegrad._variables import variable_name
 
 _FORM_HELP = (
     "a list of gradients (Tensor, IndexedSlices or None) or a list of (gradient, variable) pairs "
@@ -8,28 +11,37 @@ _FORM_HELP = (
 )
 
 
-def _convert_gradient(gradient, where):
-    if gradient is None or isinstance(gradient, tf.IndexedSlices):
-        pass
-    elif not isinstance(gradient, tf.Tensor):
+def _check_gradient(gradient, where):
+    """TypeError unless ``gradient`` is None, IndexedSlices, or a floating-point tensor or
+    tensor-like (numbers, numpy arrays); creates no op, so a refused call leaves no trace."""
+    if gradient is None:
+        return
+    if isinstance(gradient, (tf.Tensor, tf.IndexedSlices, tf.Variable)):
+        dtype = tf.as_dtype(gradient.dtype).base_dtype
+    else:
         try:
-            gradient = tf.convert_to_tensor(gradient)
+            dtype = tf.as_dtype(np.asarray(gradient).dtype)
         except (TypeError, ValueError):
+            dtype = None
+        if dtype is None or isinstance(gradient, (str, bytes)):
             raise TypeError(
                 "`{}` must be a Tensor, IndexedSlices or None. Received: {!r} (of type {})".format(
                     where, gradient, type(gradient).__name__
                 )
             )
-    if gradient is not None and not (gradient.dtype.is_floating or gradient.dtype.is_complex):
+    if not (dtype.is_floating or dtype.is_complex):
         raise TypeError(
-            "`{}` must have a floating-point dtype. Received: dtype {}".format(
-                where, gradient.dtype.name
-            )
+            "`{}` must have a floating-point dtype. Received: dtype {}".format(where, dtype.name)
         )
-    return gradient
 
 
-class GradientList(object):
+def _as_gradient(gradient):
+    if gradient is None or isinstance(gradient, (tf.Tensor, tf.IndexedSlices)):
+        return gradient
+    return tf.convert_to_tensor(gradient)
+
+
+class GradientList:
     """Gradients plus, for the pair form, their variables; rebuilds results in the input form."""
 
     def __init__(self, gradients, variables=None):
@@ -47,20 +59,21 @@ class GradientList(object):
         except TypeError:
             raise TypeError(
                 "`{0}` must be {1}. Received: {0}={2!r}".format(arg_name, _FORM_HELP, value)
-            )
+            ) from None
         is_pair = [isinstance(item, (tuple, list)) and len(item) == 2 for item in items]
         if items and all(is_pair):
-            gradients = [
-                _convert_gradient(g, "{}[{}][0]".format(arg_name, i)) for i, (g, _) in enumerate(items)
-            ]
-            return cls(gradients, [v for _, v in items])
+            for i, (g, _) in enumerate(items):
+                _check_gradient(g, "{}[{}][0]".format(arg_name, i))
+            return cls([_as_gradient(g) for g, _ in items], [v for _, v in items])
         if any(is_pair):
             raise TypeError(
-                "`{0}` mixes (gradient, variable) pairs with bare gradients; it must be {1}.".format(
+                "`{}` mixes (gradient, variable) pairs with bare gradients; it must be {}.".format(
                     arg_name, _FORM_HELP
                 )
             )
-        return cls([_convert_gradient(g, "{}[{}]".format(arg_name, i)) for i, g in enumerate(items)])
+        for i, g in enumerate(items):
+            _check_gradient(g, "{}[{}]".format(arg_name, i))
+        return cls([_as_gradient(g) for g in items])
 
     def rebuild(self, gradients):
         gradients = list(gradients)
@@ -74,7 +87,7 @@ class GradientList(object):
         return [i for i, g in enumerate(self.gradients) if g is not None]
 
     def names(self, indices):
-        """Display names for the gradients at ``indices``: the variable's name, else 'grads[i]'.
+        """Display names for the gradients at ``indices``: the variable's name, else 'gradient #i'.
 
         Names that occur more than once get their list index appended so each is unambiguous.
         """

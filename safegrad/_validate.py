@@ -8,7 +8,8 @@ tensor whose value is only known at run time gets a runtime assertion where that
 import math
 import numbers
 
-from safegrad._compat import is_variable, tf
+from safegrad._tf import executing_eagerly, tf
+from safegrad._variables import is_trainable_dtype, is_variable, variable_name
 
 ON_NONFINITE_CHOICES = ("raise", "skip", "ignore")
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -22,7 +23,7 @@ def _describe(value):
     return "{!r} (of type {})".format(value, type(value).__name__)
 
 
-def _static_scalar(value, name):
+def static_scalar(value, name):
     """The value of a number or scalar tensor if it is known now, else None; checks rank."""
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
@@ -50,7 +51,7 @@ def positive_scalar(value, name):
     """None, or a finite number > 0, or a scalar tensor (checked now when its value is static)."""
     if value is None:
         return None
-    static = _static_scalar(value, name)
+    static = static_scalar(value, name)
     if static is not None and not (static > 0 and not math.isinf(static)):
         raise ValueError("`{0}` must be > 0 and finite. Received: {0}={1!r}".format(name, value))
     if static is not None and static > _FLOAT32_MAX:
@@ -65,14 +66,14 @@ def runtime_positive(value, name):
     tensor = tf.cast(value, tf.float32)
     if isinstance(value, numbers.Real) or tf.get_static_value(tensor) is not None:
         return tensor
-    message = "`{0}` must be > 0 and finite.".format(name)
+    message = "`{}` must be > 0 and finite.".format(name)
     ok = tf.logical_and(tensor > 0, tf.math.is_finite(tensor))
     with tf.control_dependencies([tf.debugging.Assert(ok, [message, tensor])]):
         return tf.identity(tensor)
 
 
 def clip_value_bounds(value, name="clip_value"):
-    """None, or (min, max) from ``c`` (meaning [-c, c], c > 0) or a ``(min, max)`` pair."""
+    """Checks ``c`` (meaning [-c, c], c > 0) or a ``(min, max)`` pair; returns ``value``."""
     if value is None:
         return None
     if isinstance(value, (tuple, list)):
@@ -82,8 +83,8 @@ def clip_value_bounds(value, name="clip_value"):
                 "{0}={1!r}".format(name, value)
             )
         low, high = value
-        static_low = _static_scalar(low, name + "[0]")
-        static_high = _static_scalar(high, name + "[1]")
+        static_low = static_scalar(low, name + "[0]")
+        static_high = static_scalar(high, name + "[1]")
         for bound in (static_low, static_high):
             if bound is not None and math.isnan(bound):
                 raise ValueError("`{0}` must not be NaN. Received: {0}={1!r}".format(name, value))
@@ -91,14 +92,14 @@ def clip_value_bounds(value, name="clip_value"):
             raise ValueError(
                 "`{0}` must have min <= max. Received: {0}={1!r}".format(name, tuple(value))
             )
-        return low, high
-    static = _static_scalar(value, name)
+        return value
+    static = static_scalar(value, name)
     if static is not None and not (static > 0):
         raise ValueError(
             "`{0}` must be > 0 (it clips to [-{0}, {0}]); pass a (min, max) pair for other "
             "ranges. Received: {0}={1!r}".format(name, value)
         )
-    return (-value, value)
+    return value
 
 
 def on_nonfinite(value):
@@ -150,7 +151,8 @@ def name(value):
 
 
 def var_list(value):
-    """None, a zero-argument callable, or a non-empty list of variables."""
+    """None, a zero-argument callable, or a non-empty list of distinct variables of which at
+    least one can be trained (non-float ones are then left alone, as TensorFlow does)."""
     if value is None or callable(value):
         return value
     if isinstance(value, (str, bytes, dict)) or is_variable(value) or _is_tensor(value):
@@ -164,7 +166,7 @@ def var_list(value):
         raise TypeError(
             "`var_list` must be a list of variables (or a callable returning one). Received: "
             "var_list={}".format(_describe(value))
-        )
+        ) from None
     if not variables:
         raise ValueError("`var_list` must not be empty. Received: var_list={!r}".format(value))
     for index, variable in enumerate(variables):
@@ -174,4 +176,61 @@ def var_list(value):
                     index, _describe(variable)
                 )
             )
+    distinct_variables(variables, "var_list")
+    if not any(is_trainable_dtype(v) for v in variables):
+        raise ValueError(
+            "`var_list` has no floating-point variable, so no gradient can be computed: {}. "
+            "Received: var_list={!r}".format(_dtypes(variables), variables)
+        )
     return variables
+
+
+def distinct_variables(variables, argument):
+    """ValueError naming ``argument`` if a variable occurs twice (it would be updated twice, its
+    gradient counted twice in the global norm)."""
+    seen = {}
+    for index, variable in enumerate(variables):
+        if variable is None:
+            continue
+        first = seen.setdefault(id(variable), index)
+        if first != index:
+            raise ValueError(
+                "`{0}` lists the variable {1!r} twice (at {2} and {3}); it would be updated twice. "
+                "Pass each variable once. Received: {0}={4!r}".format(
+                    argument, variable_name(variable), first, index, variables
+                )
+            )
+
+
+def _dtypes(variables):
+    return ", ".join("{} ({})".format(variable_name(v), tf.as_dtype(v.dtype).base_dtype.name) for v in variables)
+
+
+def loss_and_tape(loss, tape):
+    """Checks the ``loss`` / ``tape`` combination of ``clip_and_apply`` and the wrappers."""
+    if callable(loss) and not isinstance(loss, (tf.Tensor, tf.Variable)):
+        if tape is not None:
+            raise ValueError(
+                "`loss` is a callable, so safegrad records its own GradientTape; `tape` must be "
+                "None. Pass the loss TENSOR computed under `tape` instead. Received: tape={!r}".format(
+                    tape
+                )
+            )
+        return
+    if not isinstance(loss, (tf.Tensor, tf.Variable)):
+        raise TypeError(
+            "`loss` must be a scalar tensor or a zero-argument callable returning one. Received: "
+            "loss={}".format(_describe(loss))
+        )
+    if tape is not None and not isinstance(tape, tf.GradientTape):
+        raise TypeError(
+            "`tape` must be the tf.GradientTape that recorded `loss`. Received: tape={}".format(
+                _describe(tape)
+            )
+        )
+    if tape is None and executing_eagerly():
+        raise ValueError(
+            "`loss` is a tensor but TensorFlow is executing eagerly, where a tensor does not "
+            "remember how it was computed. Pass tape=<the tf.GradientTape that recorded it>, or "
+            "pass loss as a zero-argument callable. Received: loss={!r}, tape=None".format(loss)
+        )

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 import safegrad
-from safegrad._compat import TF_VERSION_STRING, tf, tf1
+from safegrad._tf import TF_VERSION_STRING, tf, tf1
 
 
 def make_problem(seed=0, batch=64, features=8, hidden=16):
@@ -121,7 +121,8 @@ def run(steps=100, learning_rate=1.0, clip_norm=1.0, poison_step=40, every=10, o
     header = "{:>5} | {:>10} {:>10} | {:>10} {:>11} {:>8} {:>8}".format(
         "step", "loss", "grad norm", "loss", "global norm", "clipped?", "skipped?"
     )
-    write("{:>5} | {:^21} | {:^41}".format("", "plain SGD (minimize)", "safegrad.clip_and_apply(clip_norm={}, skip)".format(clip_norm)))
+    title = "safegrad.clip_and_apply(clip_norm={}, skip)".format(clip_norm)
+    write("{:>5} | {:^21} | {:^41}".format("", "plain SGD (minimize)", title))
     write(header)
     write("-" * len(header))
     for step in _shown_steps(steps, poison_step, every):

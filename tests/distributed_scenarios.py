@@ -6,6 +6,7 @@ prints one JSON document with what the tests compare. Every golden comparison is
 the same process, from a single-device run.
 """
 
+import functools
 import json
 import sys
 
@@ -16,7 +17,9 @@ _CPUS = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(_CPUS[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import safegrad  # noqa: E402
-from safegrad import _compat  # noqa: E402
+from safegrad._keras_compat import keras_major_version  # noqa: E402
+
+from helpers import new_optimizer  # noqa: E402
 
 tf1 = tf.compat.v1
 STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -28,10 +31,7 @@ Y = (X @ W_TRUE + 3.0).astype(np.float32)  # large errors at the start: the clip
 W0 = np.zeros([3, 1], np.float32)
 
 OPTIMIZERS = {
-    "v1-sgd": lambda: tf1.train.GradientDescentOptimizer(0.1),
-    "v1-adam": lambda: tf1.train.AdamOptimizer(0.1),
-    "keras-sgd": lambda: tf.keras.optimizers.SGD(0.1),
-    "keras-adam": lambda: tf.keras.optimizers.Adam(0.1),
+    name: functools.partial(new_optimizer, name, 0.1) for name in ("v1-sgd", "v1-adam", "keras-sgd", "keras-adam")
 }
 
 
@@ -52,7 +52,9 @@ def train(name, replicas, clip_norm, policy="skip", data=None, keep_steps=None):
         w = tf.Variable(W0, name="w")
         b = tf.Variable([0.0], name="b")
         optimizer = OPTIMIZERS[name]()
-        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step") if name.startswith("v1") else None
+        global_step = None
+        if name.startswith("v1"):
+            global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
 
     def step(x, y):
         # The TF2 convention for every optimizer under tf.distribute: each replica's loss is its
@@ -170,7 +172,7 @@ def keras_global_clipnorm_depends_on_replicas():
             w = tf.Variable([0.0, 0.0])
             optimizer = tf.keras.optimizers.SGD(1.0, global_clipnorm=1.0)
 
-        def step():
+        def step(optimizer=optimizer, w=w):
             ctx = tf.distribute.get_replica_context()
             n = ctx.num_replicas_in_sync if ctx is not None else 1
             grads = [tf.constant([3.0, 4.0]) / n]  # summed over replicas: [3, 4]
@@ -187,7 +189,7 @@ def keras_global_clipnorm_depends_on_replicas():
 def main():
     results = {
         "tensorflow": tf.__version__,
-        "keras_major": _compat.keras_major_version(),
+        "keras_major": keras_major_version(),
         "invariance": invariance(),
         "nan_in_one_replica": nan_in_one_replica(),
         "raise_across_replicas": raise_across_replicas(),

@@ -6,12 +6,19 @@ import numpy as np
 import pytest
 
 import safegrad
-from safegrad import _compat
-from safegrad._compat import tf, tf1
+from safegrad._tf import tf, tf1
 
-from conftest import TF2, keras_version
-from helpers import OPTIMIZERS, LinearModel, make_optimizer, optimizer_variables, snapshot
-from test_assert_finite import named_in
+from helpers import (
+    KERAS_VERSION,
+    OPTIMIZERS,
+    TF2,
+    LinearModel,
+    make_optimizer,
+    named_in,
+    optimizer_variables,
+    runs_in_v1_graph,
+    snapshot,
+)
 
 NAN, INF = np.nan, np.inf
 X = np.array([3.0, 0.0, 4.0], np.float32)  # |x| = 5
@@ -226,7 +233,7 @@ def test_state_created_before_a_function_lets_it_trace_once(family):
     # Variables created during a tf.function's first call make TF trace it twice (the README
     # advice for large models); safegrad's counters must be reusable from an eager step_state call.
     # Keras 2 optimizers create their own variables (iterations, hyperparameters) on first apply.
-    if family == "keras-sgd" and keras_version() < 3:
+    if family == "keras-sgd" and KERAS_VERSION < 3:
         pytest.skip("Keras 2 optimizers create their own variables in the first call")
     v = tf.Variable([3.0, 4.0])
     optimizer = OPTIMIZERS[family]()  # SGD, learning rate 0.1
@@ -265,6 +272,51 @@ def test_step_state_records_last_step(mode):
     run(np.array([INF, 0, 0], np.float32), Y)
     norm, clipped, skipped = fields()
     assert norm == INF and bool(skipped) and not bool(clipped)
+
+
+def test_step_state_prints_its_values(mode):
+    optimizer = tf1.train.GradientDescentOptimizer(0.1)
+    model = LinearModel(mode)
+    run = model.step(optimizer, clip_norm=20.0, on_nonfinite="skip")
+    run(X, Y)
+    run(np.array([NAN, 0, 0], np.float32), Y)
+    text = repr(safegrad.step_state(optimizer))
+    if mode.name == "graph":  # read with a Session: the repr says where the values are
+        assert re.match(r"StepState\(graph variables: (\S+/)?consecutive_skips:0, (\S+/)?total_skips:0, ", text), text
+        assert text.endswith("global_norm_sum:0; read them with sess.run)"), text
+    else:
+        assert text == (
+            "StepState(consecutive_skips=1, total_skips=1, global_norm=nan, steps=2, clipped_steps=0, "
+            "global_norm_sum=13.0, clipped=False, skipped=True)"
+        )
+
+
+def test_integer_variables_in_var_list_are_left_alone(mode):
+    # As TensorFlow does: legacy code passes tf.trainable_variables(), which may hold counters.
+    model = LinearModel(mode)
+    counter = mode.variable(7, "counter", dtype=tf.int32)
+    run = model.step(tf1.train.GradientDescentOptimizer(0.1), var_list=model.variables + [counter])
+    w0, b0 = model.values()
+    run(X, Y)
+    w1, b1 = model.values()
+    np.testing.assert_allclose(w1, w0 - 0.1 * X, rtol=1e-6)
+    np.testing.assert_allclose(b1, b0 - 0.1 * Y, rtol=1e-6)
+    assert mode.read(counter) == 7
+
+
+def test_one_optimizer_in_two_calls_shares_one_set_of_counters(mode):
+    # Documented in clip_and_apply and step_state: the counters are per optimizer.
+    optimizer = tf1.train.GradientDescentOptimizer(0.1)
+    first, second = LinearModel(mode, w_name="w1", b_name="b1"), LinearModel(mode, w_name="w2", b_name="b2")
+    run_first = first.step(optimizer, on_nonfinite="skip")
+    run_second = second.step(optimizer, on_nonfinite="skip")
+    bad = np.array([NAN, 0, 0], np.float32)
+    run_first(bad, Y)
+    run_second(bad, Y)
+    state = safegrad.step_state(optimizer)
+    assert mode.read([state.total_skips, state.consecutive_skips, state.steps]) == [2, 2, 2]
+    run_first(X, Y)
+    assert mode.read([state.total_skips, state.consecutive_skips, state.steps]) == [2, 0, 3]
 
 
 def test_return_value(mode):
@@ -311,12 +363,7 @@ def test_tensor_loss_without_tape_in_eager_is_an_error():
         safegrad.clip_and_apply(tf1.train.GradientDescentOptimizer(0.1), loss, [w])
 
 
-EAGER_ONLY_KERAS = [
-    name
-    for name, factory in sorted(OPTIMIZERS.items())
-    if name.startswith("keras")
-    and _compat.optimizer_family(factory()) in (_compat.KERAS_2_11, _compat.KERAS_3)
-]
+EAGER_ONLY_KERAS = [name for name, factory in sorted(OPTIMIZERS.items()) if not runs_in_v1_graph(factory())]
 
 
 @pytest.mark.skipif(not EAGER_ONLY_KERAS, reason="no Keras 2.11+/Keras 3 optimizers in this env")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import safegrad
-from safegrad._compat import tf, tf1
+from safegrad._tf import tf, tf1
 
 CHECK_OPS = ("IsFinite", "IsNan", "IsInf", "All", "Assert", "UnsortedSegmentMin", "UnsortedSegmentMax")
 QUIET = {"IsFinite": 2, "IsNan": 0, "IsInf": 0, "All": 0, "UnsortedSegmentMin": 0, "UnsortedSegmentMax": 0}

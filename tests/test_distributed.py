@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import TF2, keras_version
+from helpers import KERAS_VERSION, TF2
 
 pytestmark = pytest.mark.skipif(not TF2, reason="tf.distribute MirroredStrategy tests: TF2 envs")
 
@@ -24,7 +24,7 @@ def scenarios():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [sys.executable, os.path.join(HERE, "distributed_scenarios.py")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env, timeout=900,
+        capture_output=True, text=True, env=env, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-5000:]
     return json.loads(result.stdout)
@@ -72,7 +72,7 @@ def test_what_plain_keras_global_clipnorm_does(scenarios):
     """Context for the README: Keras 3 clips each replica's gradient before the sum."""
     updates = scenarios["keras_global_clipnorm"]
     assert updates["1"] == pytest.approx([0.6, 0.8])
-    if keras_version() == 3:
+    if KERAS_VERSION == 3:
         assert updates["2"] == pytest.approx([1.2, 1.6])  # depends on the replica count
     else:
         assert updates["2"] == pytest.approx([0.6, 0.8])

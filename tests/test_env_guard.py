@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from safegrad._compat import TF_VERSION_STRING, tf
+from safegrad._tf import TF_VERSION_STRING, tf
 
-from conftest import TF2, keras_version
+from helpers import KERAS_VERSION, TF2
 
 ENV_NAME = os.environ.get("TOX_ENV_NAME", "")
 EXPECT_TF = os.environ.get("SAFEGRAD_EXPECT_TF")
@@ -32,7 +32,7 @@ def test_tensorflow_matches_env_name():
 
 @pytest.mark.skipif(EXPECT_KERAS is None, reason="not running in a tox env")
 def test_keras_matches_env_name():
-    assert keras_version() == int(EXPECT_KERAS)
+    assert KERAS_VERSION == int(EXPECT_KERAS)
     if "tfkeras" in ENV_NAME:
         assert os.environ.get("TF_USE_LEGACY_KERAS") == "1"
         assert tf.keras.__name__.startswith("tf_keras"), tf.keras.__name__

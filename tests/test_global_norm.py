@@ -4,11 +4,9 @@ import numpy as np
 import pytest
 
 import safegrad
-from safegrad._compat import tf
+from safegrad._tf import tf
 
-
-def np_norm(*arrays):
-    return np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in arrays))
+from helpers import np_norm
 
 
 def test_dense_list_with_none(mode):
@@ -142,7 +140,11 @@ def test_mixed_dtypes_overflow_and_per_gradient_order(mode):
 
 
 def test_mixed_dtypes_report_names_in_order(mode):
-    w = [mode.variable(np.zeros(2), "a", dtype=tf.float64), mode.variable(np.zeros(2), "b"), mode.variable(np.zeros(2), "c", dtype=tf.float64)]
+    w = [
+        mode.variable(np.zeros(2), "a", dtype=tf.float64),
+        mode.variable(np.zeros(2), "b"),
+        mode.variable(np.zeros(2), "c", dtype=tf.float64),
+    ]
 
     def body(x, y, z):
         check = safegrad.assert_finite([(x, w[0]), (y, w[1]), (z, w[2])])
@@ -152,3 +154,40 @@ def test_mixed_dtypes_report_names_in_order(mode):
     run = mode.step(body, np.zeros(2), np.zeros(2, np.float32), np.zeros(2))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"for: a \(Inf\), c \(NaN\)"):
         run(np.array([np.inf, 0.0]), np.ones(2, np.float32), np.array([np.nan, 0.0]))
+
+
+def test_no_underflow_when_every_square_is_below_float32s_smallest_normal(mode):
+    tiny = np.full([4], 1e-20, np.float32)  # squares 1e-40: below 1.18e-38, flushed to zero
+    norm = mode.run(lambda g: safegrad.global_norm([g]), tiny)
+    np.testing.assert_allclose(norm, 2e-20, rtol=1e-6)
+    zeros = mode.run(lambda g: safegrad.global_norm([g]), np.zeros(3, np.float32))
+    assert zeros == 0.0  # an all-zero gradient is exactly 0 (it takes the exact path too)
+
+
+def test_underflow_with_float64_and_sparse_gradients(mode):
+    dense64 = np.array([3e-30, 4e-30])  # representable as a float32 norm, squares are not
+
+    def body(g):
+        slices = tf.IndexedSlices(tf.constant([[1e-20], [1e-20]], tf.float32), tf.constant([0, 0]), [3, 1])
+        return safegrad.global_norm([g]), safegrad.global_norm([slices])
+
+    norm64, sparse = mode.run(body, dense64)
+    np.testing.assert_allclose(norm64, 5e-30, rtol=1e-6)
+    np.testing.assert_allclose(sparse, 2e-20, rtol=1e-6)  # repeated index summed: [2e-20]
+
+
+def test_clipping_to_a_bound_below_the_underflow_level(mode):
+    g = np.array([1e-20, 0.0], np.float32)
+    big = np.array([3.0, 4.0], np.float32)
+
+    def body(a, b):
+        clipped, norm = safegrad.clip_by_global_norm([a], 1e-21)
+        per = safegrad.clip_per_variable([a, b], clip_norm=1e-21)
+        return clipped[0], norm, per[0], per[1]
+
+    clipped, norm, per_tiny, per_big = mode.run(body, g, big)
+    np.testing.assert_allclose(norm, 1e-20, rtol=1e-6)
+    np.testing.assert_allclose(clipped, [1e-21, 0.0], rtol=1e-5)
+    # Each gradient clipped to norm 1e-21 on its own, the tiny one included.
+    np.testing.assert_allclose(per_tiny, [1e-21, 0.0], rtol=1e-5)
+    np.testing.assert_allclose(per_big, [6e-22, 8e-22], rtol=1e-5)

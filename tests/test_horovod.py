@@ -26,7 +26,7 @@ def run_ranks(kind):
     result = subprocess.run(
         [launcher, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
          os.path.join(HERE, "horovod_worker.py"), kind],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env, timeout=300,
+        capture_output=True, text=True, env=env, timeout=300,
     )
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     ranks = [json.loads(line.split("SAFEGRAD ", 1)[1]) for line in result.stdout.splitlines() if "SAFEGRAD " in line]

@@ -4,6 +4,7 @@ Runs on every TF2 env, for every Keras optimizer API the env has: Keras 2 Optimi
 2.10, and `legacy` in 2.15/tf-keras), the Keras 2.11+ optimizer (2.15, tf-keras) and Keras 3.
 """
 
+import functools
 import glob
 import os
 import re
@@ -12,24 +13,24 @@ import numpy as np
 import pytest
 
 import safegrad
-from safegrad import _compat
-from safegrad._compat import tf
+from safegrad import _keras_compat
+from safegrad._adapters import Keras2OptimizerAdapter, adapter_class_for, adapter_for
+from safegrad._tf import tf
 
-from conftest import TF2, keras_version
-from test_assert_finite import named_in
+from helpers import KERAS_VERSION, OPTIMIZERS, TF2, as_bytes, named_in, new_optimizer, optimizer_variables
 
 pytestmark = pytest.mark.skipif(not TF2, reason="Keras optimizers: TF2 envs")
 
 
 def _factories():
-    if not TF2:
-        return {}
-    optimizers = tf.keras.optimizers
-    found = {"adam": lambda **kw: optimizers.Adam(0.05, **kw), "sgd": lambda **kw: optimizers.SGD(0.1, **kw)}
-    if keras_version() == 2 and _compat.TF_VERSION >= (2, 11):
-        found["legacy-adam"] = lambda **kw: optimizers.legacy.Adam(0.05, **kw)
-        found["legacy-sgd"] = lambda **kw: optimizers.legacy.SGD(0.1, **kw)
-    return found
+    """Adam(0.05) and SGD(0.1) of every Keras optimizer API of this env (``keras-*``, and
+    ``keras-legacy-*`` where Keras 2.11-2.15 / tf-keras keep OptimizerV2)."""
+    rates = {"adam": 0.05, "sgd": 0.1}
+    return {
+        name: functools.partial(new_optimizer, name, rates[name.rpartition("-")[2]])
+        for name in OPTIMIZERS
+        if name.startswith("keras-") and name.rpartition("-")[2] in rates
+    }
 
 
 FACTORIES = _factories()
@@ -37,17 +38,9 @@ ADAMS = [name for name in FACTORIES if name.endswith("adam")]
 SGDS = [name for name in FACTORIES if name.endswith("sgd")]
 
 
-def family(name):
-    return _compat.optimizer_family(FACTORIES[name]())
-
-
-def inner_variables(optimizer):
-    variables = optimizer.variables
-    return list(variables() if callable(variables) else variables)
-
-
-def as_bytes(variables):
-    return [np.asarray(v.numpy()).tobytes() for v in variables]
+def api(name):
+    """The adapter class safegrad drives this optimizer with."""
+    return type(adapter_for(FACTORIES[name]()))
 
 
 def make_data(nan_batches=(), batch=16, batches=4, seed=0):
@@ -115,14 +108,14 @@ def test_raise_mode_fit_stops_naming_the_weight(opt_name):
     optimizer = safegrad.SafeOptimizer(FACTORIES[opt_name](), clip_norm=5.0)
     model.compile(optimizer=optimizer, loss="mse")
     model.fit(x[:32], y_bad[:32], batch_size=16, epochs=1, shuffle=False, verbose=0)
-    before = as_bytes(model.trainable_variables + inner_variables(optimizer.inner_optimizer))
+    before = as_bytes(model.trainable_variables + optimizer_variables(optimizer.inner_optimizer))
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         model.fit(x, y_bad, batch_size=16, epochs=1, shuffle=False, verbose=0)
     labels = named_in(info.value)
     assert any(re.match(r"^(sequential(_\d+)?/)?dense/kernel \(NaN\)$", label) for label in labels), labels
     assert any(re.match(r"^(sequential(_\d+)?/)?dense/bias \(NaN\)$", label) for label in labels), labels
     # The two batches before the poisoned one were applied; the poisoned one changed nothing.
-    assert as_bytes(model.trainable_variables + inner_variables(optimizer.inner_optimizer)) != before
+    assert as_bytes(model.trainable_variables + optimizer_variables(optimizer.inner_optimizer)) != before
     assert int(optimizer.iterations.numpy()) == 4
 
 
@@ -145,7 +138,7 @@ def test_custom_loop_skips_a_poisoned_batch_bit_exactly(tf2_mode, opt_name):
         snapshots = []
         for xb, yb in batch_list:
             run(xb, yb)
-            snapshots.append(as_bytes(model.trainable_variables + inner_variables(optimizer.inner_optimizer)))
+            snapshots.append(as_bytes(model.trainable_variables + optimizer_variables(optimizer.inner_optimizer)))
         return snapshots, optimizer
 
     with_bad, optimizer = train(batches)
@@ -162,11 +155,11 @@ def _save_formats():
     the `legacy` ones)."""
     cases = []
     for name in ADAMS:
-        if keras_version() == 3:
+        if KERAS_VERSION == 3:
             cases.append((name, ".keras"))
             continue
         cases.append((name, ".h5"))
-        if family(name) == _compat.KERAS_2_11:
+        if api(name) is Keras2OptimizerAdapter:
             cases.append((name, ".keras"))
     return cases
 
@@ -175,10 +168,11 @@ def _save_formats():
 def test_save_load_and_continue_training(tmp_path, opt_name, extension):
     x, y, y_bad = make_data(nan_batches=(1,))
     model = make_model()
-    model.compile(optimizer=safegrad.SafeOptimizer(FACTORIES[opt_name](), clip_norm=5.0, on_nonfinite="skip"), loss="mse")
+    optimizer = safegrad.SafeOptimizer(FACTORIES[opt_name](), clip_norm=5.0, on_nonfinite="skip")
+    model.compile(optimizer=optimizer, loss="mse")
     model.fit(x, y_bad, batch_size=16, epochs=1, shuffle=False, verbose=0)
     optimizer = model.optimizer
-    saved_inner = [v.numpy() for v in inner_variables(optimizer.inner_optimizer)]
+    saved_inner = [v.numpy() for v in optimizer_variables(optimizer.inner_optimizer)]
     assert optimizer.step_state.snapshot()["total_skips"] == 1
 
     path = str(tmp_path / ("model" + extension))
@@ -188,7 +182,7 @@ def test_save_load_and_continue_training(tmp_path, opt_name, extension):
     assert getattr(type(restored), "_safegrad_wrapper", False), type(restored)
     assert restored.policy == optimizer.policy
     assert type(restored.inner_optimizer) is type(optimizer.inner_optimizer)
-    loaded_inner = [v.numpy() for v in inner_variables(restored.inner_optimizer)]
+    loaded_inner = [v.numpy() for v in optimizer_variables(restored.inner_optimizer)]
     assert len(loaded_inner) == len(saved_inner)
     for a, b in zip(saved_inner, loaded_inner):
         np.testing.assert_array_equal(a, b)
@@ -207,7 +201,8 @@ def test_history_and_tensorboard_show_the_statistics(tmp_path):
     y_epochs = np.concatenate([y_bad, y])  # epoch 1: one NaN batch; epoch 2: clean
     x_epochs = np.concatenate([x, x])
     model = make_model()
-    model.compile(optimizer=safegrad.SafeOptimizer(FACTORIES["sgd"](), clip_norm=1.0, on_nonfinite="skip"), loss="mse")
+    optimizer = safegrad.SafeOptimizer(FACTORIES["keras-sgd"](), clip_norm=1.0, on_nonfinite="skip")
+    model.compile(optimizer=optimizer, loss="mse")
     logdir = str(tmp_path / "logs")
     history = model.fit(
         x_epochs, y_epochs, batch_size=16, epochs=2, steps_per_epoch=4, shuffle=False, verbose=0,
@@ -230,7 +225,7 @@ def test_history_and_tensorboard_show_the_statistics(tmp_path):
 def test_callback_needs_a_safegrad_optimizer():
     x, y, _ = make_data()
     model = make_model()
-    model.compile(optimizer=FACTORIES["sgd"](), loss="mse")
+    model.compile(optimizer=FACTORIES["keras-sgd"](), loss="mse")
     with pytest.raises(ValueError, match="StepStatsCallback reports a safegrad.SafeOptimizer"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[safegrad.StepStatsCallback()])
 
@@ -299,14 +294,10 @@ def test_compute_gradients_and_minimize_helpers(tf2_mode, opt_name):
     np.testing.assert_allclose(w.numpy(), [3.0 - 0.1 * 0.6, 4.0 - 0.1 * 0.8], rtol=1e-6)
 
 
-def test_every_keras_family_of_this_env_is_covered():
-    families = {family(name) for name in FACTORIES}
-    if keras_version() == 3:
-        assert families == {_compat.KERAS_3}
-    elif _compat.TF_VERSION >= (2, 11):
-        assert families == {_compat.KERAS_2_11, _compat.KERAS_V2}
-    else:
-        assert families == {_compat.KERAS_V2}
+def test_every_keras_api_of_this_env_is_covered():
+    installed = {adapter_class_for(base) for base, _ in _keras_compat.optimizer_base_classes()}
+    assert {api(name) for name in FACTORIES} == installed
+    assert len(installed) == (2 if KERAS_VERSION == 2 and "keras-legacy-adam" in FACTORIES else 1)
 
 
 def _keras_jit():

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from safegrad._compat import TF_VERSION
+from safegrad._tf import TF_VERSION
 from two_process_case import one_device
 
 pytestmark = pytest.mark.skipif(TF_VERSION < (2, 0), reason="multi-worker tests: TF2 envs")

@@ -6,13 +6,13 @@ import subprocess
 import sys
 import types
 
-import numpy as np
 import pytest
 
 import safegrad
-from safegrad._compat import tf, tf1
+from safegrad._policy import StepPolicy
+from safegrad._tf import tf, tf1
 
-from conftest import TF2
+from helpers import TF2
 
 EXPECTED = [
     "SafeOptimizer",
@@ -67,6 +67,27 @@ def test_signature_of_clip_and_apply_is_pinned():
     assert params["on_nonfinite"].default == "raise"
 
 
+def _policy_parameters(function):
+    """(name, default) of the policy arguments in a public signature, in order."""
+    fields = StepPolicy._fields
+    params = inspect.signature(function).parameters
+    return [(name, params[name].default) for name in params if name in fields], list(fields)
+
+
+def _public_constructors():
+    found = [safegrad.clip_and_apply, safegrad.SafeOptimizer]
+    if TF2:
+        found.append(type(safegrad.SafeOptimizer(tf.keras.optimizers.SGD(0.1))))
+    return found
+
+
+@pytest.mark.parametrize("function", _public_constructors(), ids=lambda f: f.__module__ + "." + f.__name__)
+def test_every_public_signature_lists_the_policy_once_in_order(function):
+    present, fields = _policy_parameters(function)
+    assert [name for name, _ in present] == fields
+    assert dict(present) == dict(StepPolicy.DEFAULTS)
+
+
 def _calls(w):
     """One call of every public function, as a user writes it."""
     g = tf.constant([3.0, 4.0])
@@ -112,8 +133,8 @@ def test_every_public_function_builds_in_a_graph(name, graph_mode):
 def _python(code):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        universal_newlines=True, timeout=300,
+        [sys.executable, "-c", code], capture_output=True, env=env,
+        text=True, timeout=300,
     )
 
 
@@ -125,7 +146,10 @@ def test_clear_import_error_without_tensorflow():
 
 
 def test_clear_import_error_with_old_tensorflow():
-    fake = "import sys, types; m = types.ModuleType('tensorflow'); m.__version__ = '1.14.0'; sys.modules['tensorflow'] = m\n"
+    fake = (
+        "import sys, types; m = types.ModuleType('tensorflow'); m.__version__ = '1.14.0'; "
+        "sys.modules['tensorflow'] = m\n"
+    )
     result = _python(fake + "import safegrad")
     assert result.returncode != 0
     assert "safegrad needs TensorFlow >= 1.15; found TensorFlow 1.14.0" in result.stderr
@@ -167,12 +191,12 @@ def test_registration_hook_runs_after_a_later_keras_import(tmp_path):
         "sys.path.insert(0, {!r})\n"
         "import tensorflow\n"
         "if 'keras' in sys.modules: print('skip'); raise SystemExit\n"
-        "from safegrad import _compat\n"
+        "from safegrad._keras_compat import KerasImportHook\n"
         "calls = []\n"
-        "_compat._keras_hooks.append(lambda: calls.append(sys.modules['keras'].IMPORTED))\n"
-        "sys.meta_path.insert(0, _compat._KerasImportHook())\n"
+        "KerasImportHook.pending.append(lambda: calls.append(sys.modules['keras'].IMPORTED))\n"
+        "sys.meta_path.insert(0, KerasImportHook())\n"
         "import keras\n"
-        "print(calls, any(isinstance(f, _compat._KerasImportHook) for f in sys.meta_path))"
+        "print(calls, any(isinstance(f, KerasImportHook) for f in sys.meta_path))"
     ).format(str(tmp_path))
     result = _python(code)
     assert result.returncode == 0, result.stderr

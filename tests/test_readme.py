@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import TF2
+from helpers import TF2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
@@ -33,8 +33,7 @@ def block_after(marker, language):
 
 def _run_python(code):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=env, universal_newlines=True, timeout=600)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, text=True, timeout=600)
 
 
 def test_tf1_example_runs_and_skips_the_poisoned_batch():
@@ -61,9 +60,9 @@ def test_ci_runs_the_readme_commands():
 
 @pytest.mark.skipif(not TF2, reason="Keras example: TF2")
 def test_keras_example_runs(tmp_path):
-    from conftest import keras_version
+    from helpers import KERAS_VERSION
 
-    extension = ".keras" if keras_version() == 3 or _new_keras2_optimizer() else ".h5"
+    extension = ".keras" if KERAS_VERSION == 3 or _new_keras2_optimizer() else ".h5"
     setup = DATA + "x = np.concatenate([b[0] for b in batches]); y = np.concatenate([b[1] for b in batches])\n"
     setup += "logdir = {!r}; path = {!r}\n".format(str(tmp_path / "logs"), str(tmp_path / ("model" + extension)))
     result = _run_python(setup + block_after("example:keras", "python") + "\nprint(type(restored.optimizer).__name__)")
@@ -74,7 +73,7 @@ def test_keras_example_runs(tmp_path):
 
 
 def _new_keras2_optimizer():
-    from safegrad import _compat
-    from safegrad._compat import tf
+    from safegrad._adapters import Keras2OptimizerAdapter, adapter_for
+    from safegrad._tf import tf
 
-    return _compat.optimizer_family(tf.keras.optimizers.Adam()) == _compat.KERAS_2_11
+    return isinstance(adapter_for(tf.keras.optimizers.Adam()), Keras2OptimizerAdapter)

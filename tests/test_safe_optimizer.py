@@ -1,17 +1,18 @@
 """SafeOptimizer: clip_and_apply semantics behind minimize / compute_gradients / apply_gradients."""
 
+import inspect
 import os
+import pydoc
+import re
 
 import numpy as np
 import pytest
 
 import safegrad
-from safegrad import _compat
-from safegrad._compat import tf, tf1
+from safegrad._keras_compat import optimizer_base
+from safegrad._tf import TF_VERSION_STRING, tf, tf1
 
-from conftest import TF2
-from helpers import LinearModel, optimizer_variables, snapshot
-from test_assert_finite import named_in
+from helpers import KERAS_VERSION, OPTIMIZERS, TF2, LinearModel, named_in, optimizer_variables, snapshot
 
 NAN = np.nan
 X = np.array([3.0, 0.0, 4.0], np.float32)
@@ -21,7 +22,9 @@ BAD = np.array([NAN, 1.0, 1.0], np.float32)
 
 def minimize_step(mode, model, optimizer, **kwargs):
     """run(x, y) performing optimizer.minimize(loss, var_list, **kwargs)."""
-    return mode.step(lambda x, y: optimizer.minimize(model.loss(x, y), var_list=model.variables, **kwargs), model.x0, model.y0)
+    return mode.step(
+        lambda x, y: optimizer.minimize(model.loss(x, y), var_list=model.variables, **kwargs), model.x0, model.y0
+    )
 
 
 def test_minimize_clips_like_numpy(mode):
@@ -108,31 +111,82 @@ def test_get_slot_names_are_the_inner_ones(graph_mode):
     inner = tf1.train.AdamOptimizer(0.01)
     optimizer = safegrad.SafeOptimizer(inner)
     minimize_step(graph_mode, model, optimizer)
-    assert sorted(optimizer.optimizer.get_slot_names()) == ["m", "v"]
+    assert sorted(optimizer.inner_optimizer.get_slot_names()) == ["m", "v"]
     assert optimizer.get_slot_names() == []  # see SafeOptimizer: checkpoints must see slots once
     assert optimizer.get_slot(model.w, "m") is inner.get_slot(model.w, "m")
     names = [v.op.name for v in optimizer.variables()]
     assert any(n.endswith("total_skips") for n in names)
 
 
-def test_rejects_what_it_cannot_wrap():
-    with pytest.raises(TypeError, match=r"`optimizer` must be tf.compat.v1.train.Optimizer\. Received: optimizer='sgd'"):
+def test_rejects_what_it_cannot_wrap_naming_what_this_tensorflow_supports():
+    with pytest.raises(TypeError) as info:
         safegrad.SafeOptimizer("sgd")
-    wrapped = safegrad.SafeOptimizer(tf1.train.GradientDescentOptimizer(0.1))
-    with pytest.raises(TypeError, match="already a SafeOptimizer"):
+    message = str(info.value)
+    assert message.startswith(
+        "`optimizer` must be, with TensorFlow {}, a tf.compat.v1.train.Optimizer".format(TF_VERSION_STRING)
+    ), message
+    assert message.endswith("Received: optimizer='sgd' (a string; pass an optimizer object)"), message
+    if not TF2:
+        assert "Keras" not in message
+    elif KERAS_VERSION == 3:
+        assert "Optimizer or a Keras 3 optimizer (tf.keras.optimizers.*)." in message
+    elif "keras-legacy-sgd" in OPTIMIZERS:
+        assert (
+            "Optimizer, a Keras 2.11+ optimizer (tf.keras.optimizers.*) or a Keras OptimizerV2 "
+            "(tf.keras.optimizers.legacy.*)." in message
+        )
+    else:
+        assert "Optimizer or a Keras OptimizerV2 (tf.keras.optimizers.*)." in message
+    with pytest.raises(TypeError, match="`optimizer` must be, with TensorFlow"):
+        safegrad.clip_and_apply(object(), lambda: 0.0)
+
+
+@pytest.mark.skipif(TF2, reason="the Keras OptimizerV2 of TF 1.x")
+def test_tf1_keras_optimizer_is_refused_as_such(graph_mode):
+    w = tf1.Variable([1.0])
+    expected = (
+        "`optimizer` is a Keras OptimizerV2 of TensorFlow 1.x (tf.keras.optimizers), which safegrad "
+        "does not support: on TensorFlow {} use a tf.compat.v1.train.Optimizer (e.g. "
+        "tf.compat.v1.train.AdamOptimizer). Received: optimizer=<".format(TF_VERSION_STRING)
+    )
+    with pytest.raises(TypeError, match=re.escape(expected)):
+        safegrad.SafeOptimizer(tf1.keras.optimizers.Adam())
+    with pytest.raises(TypeError, match=re.escape(expected)):
+        safegrad.clip_and_apply(tf1.keras.optimizers.Adam(), tf.reduce_sum(w), [w])
+
+
+def test_double_wrapping_is_refused():
+    inner = tf1.train.GradientDescentOptimizer(0.1)
+    wrapped = safegrad.SafeOptimizer(inner)
+    assert wrapped.inner_optimizer is inner and wrapped.optimizer is inner
+    expected = "already a safegrad.SafeOptimizer, which checks and clips by itself; wrapping it twice"
+    with pytest.raises(TypeError, match=expected):
         safegrad.SafeOptimizer(wrapped)
-    with pytest.raises(TypeError, match="already a safegrad.SafeOptimizer"):
+    with pytest.raises(ValueError, match="already wrapped by another safegrad.SafeOptimizer"):
+        safegrad.SafeOptimizer(inner)
+    with pytest.raises(TypeError, match="pass its `inner_optimizer` to clip_and_apply"):
         w = tf1.Variable(1.0) if not TF2 else tf.Variable(1.0)
         safegrad.clip_and_apply(wrapped, lambda: w * 2.0, [w])
     with pytest.raises(ValueError, match="`clip_norm` must be > 0 and finite. Received: clip_norm=0"):
         safegrad.SafeOptimizer(tf1.train.GradientDescentOptimizer(0.1), clip_norm=0)
 
 
+def test_help_shows_the_real_signature_and_both_apis():
+    assert list(inspect.signature(safegrad.SafeOptimizer).parameters) == [
+        "optimizer", "clip_norm", "per_variable_clip_norm", "clip_value", "on_nonfinite",
+        "max_consecutive_skips", "name",
+    ]
+    text = pydoc.render_doc(safegrad.SafeOptimizer, renderer=pydoc.plaintext)
+    assert "SafeOptimizer(optimizer, clip_norm=None, per_variable_clip_norm=None" in text
+    assert "use_locking" not in text  # none of TF's inherited Optimizer docstring
+    assert "tf.compat.v1.train.Optimizer" in text and "tf.keras" in text
+
+
 @pytest.mark.skipif(not TF2, reason="Keras optimizers: TF2")
 def test_keras_optimizer_gets_a_keras_optimizer_back():
     inner = tf.keras.optimizers.SGD(0.1)
     wrapped = safegrad.SafeOptimizer(inner, clip_norm=1.0)
-    assert isinstance(wrapped, _compat.keras_optimizer_base(inner))  # what compile() requires
+    assert isinstance(wrapped, optimizer_base(inner))  # what compile() requires
     assert not isinstance(wrapped, safegrad.SafeOptimizer)
     assert wrapped.inner_optimizer is inner
 
@@ -194,7 +248,7 @@ def test_tf2_checkpoint_tracks_counters_and_inner_slots(tmp_path):
     w = tf.Variable([1.0, 2.0, 3.0])
     optimizer = safegrad.SafeOptimizer(tf1.train.AdamOptimizer(0.1), on_nonfinite="skip")
     for feed in (X, BAD, X):
-        optimizer.minimize(lambda: tf.reduce_sum(w * feed), var_list=[w])
+        optimizer.minimize(lambda feed=feed: tf.reduce_sum(w * feed), var_list=[w])
     path = tf.train.Checkpoint(w=w, optimizer=optimizer).save(os.path.join(str(tmp_path), "ckpt"))
 
     w2 = tf.Variable([0.0, 0.0, 0.0])
@@ -213,7 +267,7 @@ def test_tf2_checkpoint_of_keras_optimizer_keeps_clip_and_apply_counters(tmp_pat
     w = tf.Variable([1.0, 2.0, 3.0])
     optimizer = tf.keras.optimizers.SGD(0.1)
     for feed in (X, BAD, BAD):
-        safegrad.clip_and_apply(optimizer, lambda: tf.reduce_sum(w * feed), [w], on_nonfinite="skip")
+        safegrad.clip_and_apply(optimizer, lambda feed=feed: tf.reduce_sum(w * feed), [w], on_nonfinite="skip")
     path = tf.train.Checkpoint(optimizer=optimizer).save(os.path.join(str(tmp_path), "ckpt"))
     optimizer2 = tf.keras.optimizers.SGD(0.1)
     safegrad.step_state(optimizer2)  # exists before restore (else restored lazily on creation)

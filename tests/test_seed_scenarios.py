@@ -12,9 +12,9 @@ import pytest
 
 import safegrad
 from safegrad import demo
-from safegrad._compat import tf, tf1
+from safegrad._tf import tf, tf1
 
-from test_assert_finite import named_in
+from helpers import named_in
 
 LR = 0.05
 
@@ -28,7 +28,7 @@ def _nan_loop_data():
     return x, y, zs
 
 
-class NanLoopModel(object):
+class NanLoopModel:
     def __init__(self, mode):
         self.mode = mode
         self.healthy = mode.variable(np.full([3, 1], 0.5), "healthy_weight")
@@ -93,7 +93,7 @@ def test_session_loop_nan_skip_keeps_training(mode):
     assert mode.read([state.total_skips, state.consecutive_skips]) == [1, 0]
 
 
-class ExplodingModel(object):
+class ExplodingModel:
     """demo.py's model, built with this mode's variables."""
 
     def __init__(self, mode, problem):

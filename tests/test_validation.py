@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import safegrad
-from safegrad._compat import tf, tf1
+from safegrad._tf import tf, tf1
 
-from conftest import TF2
+from helpers import TF2
 
 
 @pytest.fixture
@@ -16,6 +16,18 @@ def setup(graph_mode):
     w = tf1.Variable([1.0, 2.0], name="w")
     loss = tf.reduce_sum(w * w)
     return tf1.train.GradientDescentOptimizer(0.1), loss, w
+
+
+def ops_now():
+    return len(tf1.get_default_graph().get_operations())
+
+
+def refused_without_a_trace(error, message, call):
+    """``call()`` raises ``error`` matching ``message`` and leaves no op in the graph."""
+    before = ops_now()
+    with pytest.raises(error, match=re.escape(message)):
+        call()
+    assert ops_now() == before, [op.name for op in tf1.get_default_graph().get_operations()[before:]]
 
 
 STEP_CASES = [
@@ -43,10 +55,7 @@ STEP_CASES = [
 @pytest.mark.parametrize("kwargs, error, message", STEP_CASES, ids=[repr(c[0]) for c in STEP_CASES])
 def test_clip_and_apply_arguments(setup, kwargs, error, message):
     optimizer, loss, w = setup
-    with pytest.raises(error, match=re.escape(message)):
-        safegrad.clip_and_apply(optimizer, loss, [w], **kwargs)
-    # Nothing was built: validation happens before any op is created.
-    assert not [op for op in tf1.get_default_graph().get_operations() if "safegrad" in op.name]
+    refused_without_a_trace(error, message, lambda: safegrad.clip_and_apply(optimizer, loss, [w], **kwargs))
 
 
 @pytest.mark.parametrize("kwargs, error, message", STEP_CASES, ids=[repr(c[0]) for c in STEP_CASES])
@@ -58,24 +67,50 @@ def test_safe_optimizer_arguments(kwargs, error, message):
 
 def test_not_an_optimizer(setup):
     _, loss, w = setup
-    with pytest.raises(TypeError, match=re.escape("`optimizer` must be a tf.compat.v1.train.Optimizer or a tf.keras optimizer. Received: optimizer='adam'")):
-        safegrad.clip_and_apply("adam", loss, [w])
+    refused_without_a_trace(
+        TypeError, "Received: optimizer='adam' (a string; pass an optimizer object)",
+        lambda: safegrad.clip_and_apply("adam", loss, [w]),
+    )
 
 
 def test_bad_loss_var_list_global_step(setup):
     optimizer, loss, w = setup
-    with pytest.raises(TypeError, match=re.escape("`loss` must be a scalar tensor or a zero-argument callable")):
-        safegrad.clip_and_apply(optimizer, 3.0, [w])
-    with pytest.raises(ValueError, match=re.escape("`var_list` must not be empty. Received: var_list=[]")):
-        safegrad.clip_and_apply(optimizer, loss, [])
-    with pytest.raises(TypeError, match=re.escape("`var_list[1]` must be a variable. Received: var_list[1]='b'")):
-        safegrad.clip_and_apply(optimizer, loss, [w, "b"])
-    with pytest.raises(TypeError, match=re.escape("`var_list` must be a list of variables")):
-        safegrad.clip_and_apply(optimizer, loss, w)
-    with pytest.raises(TypeError, match=re.escape("`global_step` must be an integer variable")):
-        safegrad.clip_and_apply(optimizer, loss, [w], global_step=w)
-    with pytest.raises(TypeError, match=re.escape("`tape` must be the tf.GradientTape that recorded `loss`")):
-        safegrad.clip_and_apply(optimizer, loss, [w], tape="tape")
+    cases = [
+        (TypeError, "`loss` must be a scalar tensor or a zero-argument callable", lambda: safegrad.clip_and_apply(optimizer, 3.0, [w])),
+        (ValueError, "`var_list` must not be empty. Received: var_list=[]", lambda: safegrad.clip_and_apply(optimizer, loss, [])),
+        (TypeError, "`var_list[1]` must be a variable. Received: var_list[1]='b'", lambda: safegrad.clip_and_apply(optimizer, loss, [w, "b"])),
+        (TypeError, "`var_list` must be a list of variables", lambda: safegrad.clip_and_apply(optimizer, loss, w)),
+        (TypeError, "`global_step` must be an integer variable", lambda: safegrad.clip_and_apply(optimizer, loss, [w], global_step=w)),
+        (TypeError, "`tape` must be the tf.GradientTape that recorded `loss`", lambda: safegrad.clip_and_apply(optimizer, loss, [w], tape="tape")),
+    ]
+    for error, message, call in cases:
+        refused_without_a_trace(error, message, call)
+
+
+def test_the_same_variable_twice_is_refused(setup):
+    optimizer, loss, w = setup
+    refused_without_a_trace(
+        ValueError, "`var_list` lists the variable 'w' twice (at 0 and 1); it would be updated twice.",
+        lambda: safegrad.clip_and_apply(optimizer, loss, [w, w]),
+    )
+    gradient = tf.constant([1.0, 1.0])
+    safe = safegrad.SafeOptimizer(tf1.train.GradientDescentOptimizer(0.1))
+    refused_without_a_trace(
+        ValueError, "`grads_and_vars` lists the variable 'w' twice (at 0 and 1)",
+        lambda: safe.apply_gradients([(gradient, w), (gradient, w)]),
+    )
+
+
+def test_only_integer_variables_is_a_clear_error(setup):
+    optimizer, loss, _ = setup
+    counter = tf1.Variable(0, name="counter")
+    steps = tf1.Variable(0, dtype=tf.int64, name="steps")
+    refused_without_a_trace(
+        ValueError,
+        "`var_list` has no floating-point variable, so no gradient can be computed: counter (int32), "
+        "steps (int64). Received: var_list=[",
+        lambda: safegrad.clip_and_apply(optimizer, loss, [counter, steps]),
+    )
 
 
 @pytest.mark.skipif(not TF2, reason="TF2 eager")
@@ -94,8 +129,11 @@ def test_eager_tensor_loss_without_tape():
         safegrad.clip_and_apply(tf.keras.optimizers.SGD(0.1), tf.reduce_sum(w), [w])
 
 
-def test_building_block_arguments(graph_mode):
+def test_building_blocks_refuse_bad_input_without_a_trace(graph_mode):
     g = tf.constant([1.0])
+    refused_without_a_trace(TypeError, "`grads[0]` must be a Tensor, IndexedSlices or None. Received: 'a'", lambda: safegrad.global_norm(["a"]))
+    refused_without_a_trace(TypeError, "`grads[1]` must have a floating-point dtype. Received: dtype int64", lambda: safegrad.global_norm([[1.0], [2]]))
+    refused_without_a_trace(TypeError, "`grads_and_vars[0][0]` must have a floating-point dtype", lambda: safegrad.assert_finite([(np.array([1]), None)]))
     with pytest.raises(TypeError, match=re.escape("`grads` must be a list of gradients")):
         safegrad.global_norm(g)
     with pytest.raises(TypeError, match=re.escape("`grads` must be a list of gradients")):

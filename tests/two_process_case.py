@@ -8,7 +8,9 @@ golden run: one process, the whole global batch, the poisoned step left out.
 import numpy as np
 
 import safegrad
-from safegrad._compat import tf
+from safegrad._tf import tf
+
+from helpers import new_optimizer
 
 GLOBAL_BATCH = 8
 _RNG = np.random.RandomState(0)
@@ -30,7 +32,7 @@ def data(step, index, count):
 
 def make_optimizer(family):
     """Adam(0.1): tf.compat.v1.train for family "v1", Keras otherwise."""
-    return tf.compat.v1.train.AdamOptimizer(0.1) if family == "v1" else tf.keras.optimizers.Adam(0.1)
+    return new_optimizer("v1-adam" if family == "v1" else "keras-adam", 0.1)
 
 
 def one_device(family):
@@ -41,6 +43,6 @@ def one_device(family):
         if step == POISON_STEP:
             continue
         x, y = data(step, 0, 1)
-        loss = lambda: tf.reduce_sum(tf.square(tf.matmul(x, w) - y)) / GLOBAL_BATCH  # noqa: E731
+        loss = lambda x=x, y=y: tf.reduce_sum(tf.square(tf.matmul(x, w) - y)) / GLOBAL_BATCH  # noqa: E731
         safegrad.clip_and_apply(optimizer, loss, [w], clip_norm=CLIP_NORM, on_nonfinite="skip")
     return w.numpy().ravel()

@@ -1,0 +1,320 @@
+"""One adapter per optimizer API: what safegrad's step asks of the optimizer it drives.
+
+The step (check, clip, apply or skip) is the same code for every optimizer. What differs between
+the optimizer APIs - TF1's ``tf.compat.v1.train.Optimizer``, Keras 2's ``OptimizerV2``, the
+Keras 2.11+ ``Optimizer`` and Keras 3's ``Optimizer`` - is answered by an adapter: how gradients
+are computed, which optimizer variables must exist before the apply/skip ``tf.cond``, how to
+apply without summing replicas a second time, whether the optimizer sums replicas whatever it is
+told, whether it runs in a TF1 graph, and how messages name it. Another API (a loss-scale
+optimizer, say) is one more subclass listed in ``ADAPTERS``.
+
+Example:
+  >>> adapter = adapter_for(tf.compat.v1.train.AdamOptimizer(1e-3))
+  >>> grads_and_vars = adapter.compute_gradients(loss, var_list, tape=None)
+  >>> control_inputs = adapter.apply(grads_and_vars, global_step=None, name=None)
+"""
+
+from safegrad import _keras_compat
+from safegrad._tf import TF_VERSION_STRING, as_control_input, outer_context_key, tf, tf1
+from safegrad._variables import trainable_variables_in_graph
+
+
+def resolve_var_list(var_list):
+    """``var_list`` as a list (calling it if it is a callable), or None."""
+    if var_list is None:
+        return None
+    if callable(var_list):
+        var_list = var_list()
+    return list(var_list)
+
+
+class OptimizerAdapter:
+    """How safegrad drives one optimizer API. Subclasses override what their API does differently.
+
+    Attributes:
+      api: how messages name the API, e.g. "Keras 3 optimizer".
+      is_keras: whether ``SafeOptimizer`` must return a Keras optimizer for it (``compile``).
+      sums_replicas_itself: whether its ``apply_gradients`` sums gradients across replicas even
+        when they were summed already (then replica 0 passes the sums, the others zeros).
+    """
+
+    api = "optimizer"
+    is_keras = False
+    sums_replicas_itself = False
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    @classmethod
+    def speaks(cls, optimizer_class):
+        """Whether instances of ``optimizer_class`` have this API (feature detection)."""
+        raise NotImplementedError
+
+    def graph_mode_unsupported(self):
+        """Why this API cannot build a TF1-style graph step, or None if it can."""
+        return None
+
+    def require_supported_context(self):
+        """ValueError naming `optimizer` when it cannot run where the step is being built."""
+        reason = self.graph_mode_unsupported()
+        if reason is not None and outer_context_key() is not None:
+            raise ValueError("`optimizer` is a {}: {}".format(self.api, reason))
+
+    def compute_gradients(self, loss, var_list, tape):
+        """(gradient, variable) pairs of ``loss``, as each mode expects.
+
+        * ``tape`` given: ``tape.gradient`` (TF2 eager / tf.function with a recorded loss tensor).
+        * a callable loss: a GradientTape around it (a callable ``var_list`` is read after the loss
+          ran, v1 semantics: a Keras model may create its weights on that first call).
+        * a loss tensor in a graph: ``tf.gradients``; default variables: the trainable ones.
+        """
+        if tape is not None:
+            variables = resolve_var_list(var_list)
+            if variables is None:
+                variables = list(tape.watched_variables())
+            return list(zip(tape.gradient(loss, variables), variables))
+        if callable(loss):
+            explicit = None if callable(var_list) else resolve_var_list(var_list)
+            with tf.GradientTape() as recorded:
+                for variable in explicit or ():
+                    if isinstance(variable, tf.Variable):
+                        recorded.watch(variable)
+                loss_value = loss()
+            variables = explicit if explicit is not None else resolve_var_list(var_list)
+            if variables is None:
+                variables = list(recorded.watched_variables())
+            return list(zip(recorded.gradient(loss_value, variables), variables))
+        variables = resolve_var_list(var_list)
+        if variables is None:
+            variables = trainable_variables_in_graph()
+        if not variables:
+            raise ValueError("No variables to optimize: pass `var_list`. Received: var_list=None")
+        return list(zip(tf.gradients(loss, variables), variables))
+
+    def prepare(self, variables):
+        """Creates the optimizer's variables for ``variables`` now, outside any tf.cond: a skipped
+        step must leave every optimizer variable untouched, so none may be born in a branch."""
+
+    def apply(self, grads_and_vars, global_step=None, name=None, aggregated=False):
+        """Applies ``grads_and_vars`` (no None gradients) and advances ``global_step`` by one.
+
+        ``aggregated``: the gradients are already summed across replicas; the optimizer must not
+        sum them again. Returns the control inputs that complete the update (may be empty).
+        """
+        result = self.apply_gradients(list(grads_and_vars), name, aggregated)
+        deps = [d for d in [as_control_input(result)] if d is not None]
+        if global_step is None:
+            return deps
+        with tf.control_dependencies(deps):
+            increment = as_control_input(global_step.assign_add(1, read_value=False))
+        return deps + ([increment] if increment is not None else [])
+
+    def apply_gradients(self, grads_and_vars, name, aggregated):
+        """The optimizer's own ``apply_gradients``, spelled for its API."""
+        raise NotImplementedError
+
+    def aggregate(self, grads_and_vars, requested):
+        """Sums gradients across replicas the way the optimizer itself would, when a caller asks a
+        wrapper for it (``requested``). Returns ``(pairs, aggregated)``; ``aggregated=False``
+        leaves the sum to the step (``_distribute.all_reduce_sum``)."""
+        return grads_and_vars, False
+
+    def can_fold_clip_scale(self):
+        """Whether the global clip scale can go into the update instead of into every gradient
+        (then safegrad writes no scaled copy of the gradients)."""
+        return False
+
+    def with_clip_scale_folded(self, scale):
+        """An adapter whose update equals this one's on gradients scaled by ``scale``."""
+        raise NotImplementedError
+
+
+class V1OptimizerAdapter(OptimizerAdapter):
+    """``tf.compat.v1.train.Optimizer``: every TF, in graphs, tf.function and eagerly."""
+
+    api = "tf.compat.v1.train.Optimizer"
+    sums_replicas_itself = True  # `_distributed_apply` always reduces
+
+    @classmethod
+    def speaks(cls, optimizer_class):
+        return issubclass(optimizer_class, tf1.train.Optimizer)
+
+    def compute_gradients(self, loss, var_list, tape):
+        """The optimizer's own ``compute_gradients`` where it matters: a subclass hooking it (loss
+        scaling, Horovod's all-reduce) or a tf.distribute strategy (it divides the loss by the
+        replica count). Otherwise the base method only adds cost: in a graph it gates every
+        gradient op (GATE_OP) and under TF2 it makes every gradient wait for the loss value, 20%
+        of an M1 step in tf.function (benchmarks/). It cannot take a callable ``var_list``."""
+        own = type(self.optimizer).compute_gradients is not tf1.train.Optimizer.compute_gradients
+        if tape is None and (own or tf.distribute.has_strategy()) and not (callable(loss) and callable(var_list)):
+            if callable(var_list):
+                var_list = var_list()
+            return list(self.optimizer.compute_gradients(loss, var_list=var_list))
+        return super().compute_gradients(loss, var_list, tape)
+
+    def apply(self, grads_and_vars, global_step=None, name=None, aggregated=False):
+        # v1 optimizers advance global_step themselves (colocated, after the update).
+        update = self.optimizer.apply_gradients(list(grads_and_vars), global_step=global_step, name=name)
+        return [d for d in [as_control_input(update)] if d is not None]
+
+    def can_fold_clip_scale(self):
+        # Exactly plain gradient descent: w - lr * (s * g) == w - (lr * s) * g. A subclass may
+        # change the update, so only the exact class.
+        return type(self.optimizer) is tf1.train.GradientDescentOptimizer
+
+    def with_clip_scale_folded(self, scale):
+        # Gradient descent has no slots, so a per-step twin with learning rate lr * scale is
+        # stateless. `_learning_rate` is a float, tensor, or (TF2) zero-argument callable.
+        optimizer = self.optimizer
+        learning_rate = optimizer._learning_rate
+        if callable(learning_rate):
+            learning_rate = learning_rate()
+        learning_rate = tf.convert_to_tensor(learning_rate)
+        twin = tf1.train.GradientDescentOptimizer(
+            learning_rate * tf.cast(scale, learning_rate.dtype),
+            use_locking=optimizer._use_locking,
+            name=optimizer.get_name(),
+        )
+        return V1OptimizerAdapter(twin)
+
+
+class KerasOptimizerV2Adapter(OptimizerAdapter):
+    """Keras 2 ``OptimizerV2``: ``tf.keras.optimizers`` in TF 2.2-2.10, ``.legacy`` in TF
+    2.11-2.15 and tf-keras. Runs in TF1 graphs too."""
+
+    api = "Keras OptimizerV2"
+    is_keras = True
+
+    @classmethod
+    def speaks(cls, optimizer_class):
+        return callable(getattr(optimizer_class, "_create_all_weights", None)) and callable(
+            getattr(optimizer_class, "get_slot", None)
+        )
+
+    def prepare(self, variables):
+        with tf.init_scope():
+            self.optimizer._create_all_weights(variables)
+
+    def apply_gradients(self, grads_and_vars, name, aggregated):
+        if aggregated:
+            return self.optimizer.apply_gradients(
+                grads_and_vars, name=name, experimental_aggregate_gradients=False
+            )
+        return self.optimizer.apply_gradients(grads_and_vars, name=name)
+
+    def aggregate(self, grads_and_vars, requested):
+        if requested:
+            transform = getattr(self.optimizer, "_transform_unaggregated_gradients", None)
+            if transform is not None:
+                grads_and_vars = transform(grads_and_vars)
+            grads_and_vars = self.optimizer._aggregate_gradients(grads_and_vars)
+        return grads_and_vars, True
+
+
+class Keras3OptimizerAdapter(OptimizerAdapter):
+    """Keras 3 ``Optimizer`` (``tf.keras`` in TF >= 2.16): eagerly and in tf.function only."""
+
+    api = "Keras 3 optimizer"
+    is_keras = True
+    sums_replicas_itself = True  # `_backend_update_step` all-reduces in replica context
+
+    @classmethod
+    def speaks(cls, optimizer_class):
+        # Only Keras 3 has the JAX-style `stateless_apply` shared by all its backends.
+        return callable(getattr(optimizer_class, "apply_gradients", None)) and callable(
+            getattr(optimizer_class, "stateless_apply", None)
+        )
+
+    def graph_mode_unsupported(self):
+        return (
+            "Keras 3 optimizers run only eagerly or inside tf.function, not in a "
+            "tf.compat.v1 graph/Session. Use a tf.compat.v1.train optimizer there."
+        )
+
+    def prepare(self, variables):
+        with tf.init_scope():
+            if not self.optimizer.built:
+                self.optimizer.build(variables)
+
+    def apply_gradients(self, grads_and_vars, name, aggregated):
+        return self.optimizer.apply_gradients(grads_and_vars)  # Keras 3 takes no `name`
+
+
+class Keras2OptimizerAdapter(OptimizerAdapter):
+    """The Keras 2.11+ ``Optimizer`` (TF 2.11-2.15, tf-keras): eagerly and in tf.function only."""
+
+    api = "Keras 2.11+ optimizer"
+    is_keras = True
+
+    @classmethod
+    def speaks(cls, optimizer_class):
+        return all(
+            callable(getattr(optimizer_class, method, None))
+            for method in ("apply_gradients", "build", "exclude_from_weight_decay")
+        )
+
+    def graph_mode_unsupported(self):
+        # Its apply_gradients builds update ops but returns the iterations variable, so a graph
+        # step would silently not train (seen with TF 2.15).
+        return (
+            "the Keras 2.11+ optimizers do not support tf.compat.v1 graphs/Sessions. Use "
+            "tf.keras.optimizers.legacy.* or a tf.compat.v1.train optimizer there, or run "
+            "eagerly / inside tf.function."
+        )
+
+    def prepare(self, variables):
+        with tf.init_scope():
+            self.optimizer.build(variables)  # idempotent once built
+
+    def apply_gradients(self, grads_and_vars, name, aggregated):
+        return self.optimizer.apply_gradients(
+            grads_and_vars, name=name, skip_gradients_aggregation=aggregated
+        )
+
+    def aggregate(self, grads_and_vars, requested):
+        if requested:
+            grads_and_vars = self.optimizer.aggregate_gradients(grads_and_vars)
+        return grads_and_vars, True
+
+
+# Tried in this order: Keras 3 before the Keras 2.11+ optimizer, whose methods it also has.
+ADAPTERS = (V1OptimizerAdapter, Keras3OptimizerAdapter, KerasOptimizerV2Adapter, Keras2OptimizerAdapter)
+
+
+def adapter_class_for(optimizer_class):
+    """The adapter class for optimizers of ``optimizer_class``, or None."""
+    for adapter in ADAPTERS:
+        if adapter.speaks(optimizer_class):
+            return adapter
+    return None
+
+
+def supported_optimizers():
+    """How messages list the optimizers safegrad drives with the installed TF and Keras."""
+    names = ["a " + V1OptimizerAdapter.api]
+    for base, module in _keras_compat.optimizer_base_classes():
+        adapter = adapter_class_for(base)
+        if adapter is not None:
+            names.append("a {} ({}.*)".format(adapter.api, module))
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+def adapter_for(optimizer):
+    """The adapter driving ``optimizer``; TypeError naming `optimizer` if nothing drives it."""
+    adapter = adapter_class_for(type(optimizer))
+    if adapter is not None:
+        return adapter(optimizer)
+    if _keras_compat.is_unsupported_keras_optimizer(optimizer):
+        raise TypeError(
+            "`optimizer` is a Keras OptimizerV2 of TensorFlow 1.x (tf.keras.optimizers), which "
+            "safegrad does not support: on TensorFlow {} use {} (e.g. "
+            "tf.compat.v1.train.AdamOptimizer). Received: optimizer={!r}".format(
+                TF_VERSION_STRING, supported_optimizers(), optimizer
+            )
+        )
+    hint = " (a string; pass an optimizer object)" if isinstance(optimizer, str) else ""
+    raise TypeError(
+        "`optimizer` must be, with TensorFlow {}, {}. Received: optimizer={!r}{}".format(
+            TF_VERSION_STRING, supported_optimizers(), optimizer, hint
+        )
+    )

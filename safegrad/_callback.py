@@ -1,0 +1,97 @@
+"""``safegrad.StepStatsCallback``: safegrad's statistics per epoch in Keras ``fit`` logs.
+
+Built on the installed Keras's ``Callback`` on first access (``safegrad.StepStatsCallback`` is a
+lazy module attribute), so that ``import safegrad`` never imports Keras.
+"""
+
+import math
+
+from safegrad import _keras_compat
+from safegrad._state import step_state
+from safegrad._wrapping import is_wrapper
+
+_CALLBACK = []
+
+
+def step_stats_callback_class():
+    """``safegrad.StepStatsCallback``, built on the installed Keras's Callback on first use."""
+    if not _CALLBACK:
+        _CALLBACK.append(_make_callback_class(_keras_compat.keras().callbacks.Callback))
+    return _CALLBACK[0]
+
+
+def _make_callback_class(base):
+    class StepStatsCallback(base):
+        """Adds safegrad's per-epoch statistics to ``fit``'s logs (History, TensorBoard).
+
+        At the end of each epoch it adds to the logs, so ``History`` records them and a
+        ``TensorBoard`` callback listed AFTER this one writes them (list it first):
+
+        * ``safegrad_global_norm``: mean raw global norm of the epoch's applied steps;
+        * ``safegrad_clipped_fraction``: fraction of the epoch's steps on which a norm bound was
+          active;
+        * ``safegrad_skipped_steps``: non-finite steps skipped in the epoch;
+        * ``safegrad_total_skips``, ``safegrad_consecutive_skips``: the counters at epoch end.
+
+        Args:
+          optimizer: the safegrad-wrapped optimizer (or an optimizer driven by
+            ``clip_and_apply``); default: ``model.optimizer``.
+
+        Example:
+          >>> model.compile(optimizer=safegrad.SafeOptimizer(tf.keras.optimizers.Adam(), clip_norm=1.0,
+          ...                                                on_nonfinite="skip"), loss="mse")
+          >>> history = model.fit(x, y, callbacks=[safegrad.StepStatsCallback(),
+          ...                                      tf.keras.callbacks.TensorBoard("logs")])
+          >>> history.history["safegrad_skipped_steps"]
+        """
+
+        def __init__(self, optimizer=None):
+            super().__init__()
+            self._stats_optimizer = optimizer
+            self._start = None
+            # Keras 2 hands callbacks that do not "support TF logs" a converted COPY of the logs
+            # (made at the first such callback); TensorBoard gets the original. Taking the original
+            # and adding plain Python numbers to it reaches both History and TensorBoard.
+            self._supports_tf_logs = True
+
+        def _state(self):
+            optimizer = self._stats_optimizer
+            if optimizer is None:
+                optimizer = getattr(self.model, "optimizer", None)
+                if not is_wrapper(optimizer):
+                    raise ValueError(
+                        "StepStatsCallback reports a safegrad.SafeOptimizer's statistics, but the "
+                        "model's optimizer is {!r}. Compile with "
+                        "optimizer=safegrad.SafeOptimizer(...), or pass optimizer= to the "
+                        "callback.".format(optimizer)
+                    )
+            return step_state(optimizer)
+
+        def on_train_begin(self, logs=None):
+            self._start = self._state().snapshot()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = self._state().snapshot()
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = self._state().snapshot()
+            start = self._start or {k: 0 for k in now}
+            steps = now["steps"] - start["steps"]
+            skipped = now["total_skips"] - start["total_skips"]
+            applied = steps - skipped
+            stats = {
+                "safegrad_global_norm": (
+                    (now["global_norm_sum"] - start["global_norm_sum"]) / applied if applied else math.nan
+                ),
+                "safegrad_clipped_fraction": (
+                    (now["clipped_steps"] - start["clipped_steps"]) / steps if steps else 0.0
+                ),
+                "safegrad_skipped_steps": skipped,
+                "safegrad_total_skips": now["total_skips"],
+                "safegrad_consecutive_skips": now["consecutive_skips"],
+            }
+            if logs is not None:
+                logs.update(stats)
+
+    StepStatsCallback.__module__ = "safegrad"
+    return StepStatsCallback

@@ -1,0 +1,189 @@
+"""What every Keras ``SafeOptimizer`` class shares, declared once (as tf-keras's
+``BaseLossScaleOptimizer`` does): construction and validation, the step, the migration helpers
+(``compute_gradients``, ``minimize``), weights and the Keras config.
+
+The per-API classes that mix it into a Keras optimizer base class are in ``_keras_wrappers``.
+"""
+
+from safegrad import _keras_compat
+from safegrad._adapters import adapter_for
+from safegrad._policy import StepPolicy
+from safegrad._state import step_state
+from safegrad._step import apply_gradients_safely
+from safegrad._tf import tf
+from safegrad._validate import loss_and_tape
+from safegrad._validate import name as validate_name
+from safegrad._validate import var_list as validate_var_list
+from safegrad._wrapping import WrapperSurface
+
+KERAS_CLIPPING_ARGUMENTS = ("clipnorm", "clipvalue", "global_clipnorm")
+
+
+class KerasWrapperCore(WrapperSurface):
+    """What every Keras wrapper shares. A per-API class defines ``_safegrad_init_base``."""
+
+    # Deserialize the wrapped optimizer as an OptimizerV2 (Keras 2.11-2.15 keep both APIs).
+    _safegrad_deserialize_legacy = False
+
+    def __init__(
+        self,
+        inner_optimizer,
+        clip_norm=None,
+        per_variable_clip_norm=None,
+        clip_value=None,
+        on_nonfinite="raise",
+        max_consecutive_skips=None,
+        name=None,
+    ):
+        """Wraps ``inner_optimizer`` like ``safegrad.SafeOptimizer``.
+
+        Args:
+          inner_optimizer: the Keras optimizer to wrap (without clipnorm/clipvalue/global_clipnorm).
+          clip_norm, per_variable_clip_norm, clip_value, on_nonfinite, max_consecutive_skips: as
+            in ``safegrad.clip_and_apply``.
+          name: optional name.
+        """
+        policy = StepPolicy.from_arguments(locals())
+        adapter = adapter_for(inner_optimizer)
+        _refuse_own_clipping(inner_optimizer)
+        validate_name(name)
+        self._safegrad_init_base(inner_optimizer, name)
+        self._safegrad_wrap(adapter, policy)
+        self._safegrad_arguments = {
+            key: _config_value(getattr(policy, key), key) for key in StepPolicy._fields
+        }
+        step_state(self)  # create the counters now, outside any tf.function, so they restore
+
+    def _safegrad_init_base(self, inner, name):
+        raise NotImplementedError
+
+    # The wrapped optimizer's learning rate and step counter, as Keras's LossScaleOptimizer.
+    @property
+    def learning_rate(self):
+        return self._safegrad_inner.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self._safegrad_inner.learning_rate = value
+
+    @property
+    def iterations(self):
+        return self._safegrad_inner.iterations
+
+    @iterations.setter
+    def iterations(self, variable):
+        self._safegrad_inner.iterations = variable
+
+    def finalize_variable_values(self, var_list):
+        self._safegrad_inner.finalize_variable_values(var_list)
+
+    def compute_gradients(self, loss, var_list=None, tape=None):
+        """Raw (gradient, variable) pairs of ``loss``: TF1-style code on any Keras optimizer.
+
+        Args:
+          loss: a zero-argument callable returning the loss, or a loss tensor recorded by ``tape``.
+          var_list: variables (list or zero-argument callable); default: those the tape watched.
+          tape: the ``tf.GradientTape`` that recorded a loss tensor.
+
+        Returns:
+          A list of (gradient, variable) pairs, unclipped and unchecked.
+        """
+        loss_and_tape(loss, tape)
+        return self._safegrad_adapter.compute_gradients(loss, validate_var_list(var_list), tape)
+
+    def minimize(self, loss, var_list=None, tape=None):
+        """``compute_gradients`` then the safe ``apply_gradients``, as Keras 2 and TF1 spell it.
+
+        Returns:
+          A bool tensor (eagerly / in tf.function): True when the update was applied.
+        """
+        return self._safegrad_apply(self.compute_gradients(loss, var_list, tape))
+
+    def _safegrad_apply(self, grads_and_vars, name=None, aggregate=True):
+        """Sums across replicas the way the wrapped optimizer would (if asked; a no-op without a
+        strategy), then checks, clips and applies through it without summing a second time.
+
+        Returns a bool tensor: True when the update was applied."""
+        grads_and_vars = list(grads_and_vars)
+        present = [(g, v) for g, v in grads_and_vars if g is not None]
+        absent = [(g, v) for g, v in grads_and_vars if g is None]
+        aggregated = False
+        if present:
+            present, aggregated = self._safegrad_adapter.aggregate(present, aggregate)
+        return apply_gradients_safely(
+            self._safegrad_adapter, list(present) + absent, self._safegrad_policy, name=name,
+            state_owner=self, aggregated=aggregated,
+        )
+
+    def _safegrad_set_weights(self, values, inner_count, set_inner):
+        """Sets the wrapped optimizer's weights, then safegrad's counters when ``values`` has
+        them (a file saved from an unwrapped optimizer has only the first part)."""
+        values = list(values)
+        state = self.step_state.all_variables
+        if len(values) not in (inner_count, inner_count + len(state)):
+            raise ValueError(
+                "Optimizer weights do not match: expected {} (the wrapped optimizer's) or {} (with "
+                "safegrad's counters) values. Received: {} values".format(
+                    inner_count, inner_count + len(state), len(values)
+                )
+            )
+        set_inner(values[:inner_count])
+        for variable, value in zip(state, values[inner_count:]):
+            variable.assign(value)
+
+    def get_config(self):
+        config = {"inner_optimizer": _keras_compat.serialize_optimizer(self._safegrad_inner)}
+        for key, value in self._safegrad_arguments.items():
+            if value is _RUNTIME_TENSOR or (isinstance(value, list) and _RUNTIME_TENSOR in value):
+                raise ValueError(
+                    "A SafeOptimizer whose `{}` is a tensor known only at run time cannot be "
+                    "saved in a Keras config; pass a number.".format(key)
+                )
+            config[key] = value
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inner = config.pop("inner_optimizer")
+        if isinstance(inner, dict):
+            inner = _keras_compat.deserialize_optimizer(
+                inner, custom_objects=custom_objects, legacy=cls._safegrad_deserialize_legacy
+            )
+        return cls(inner, **config)
+
+    def __repr__(self):
+        return "SafeOptimizer({!r}, {})".format(self._safegrad_inner, self._safegrad_policy)
+
+
+_RUNTIME_TENSOR = object()
+
+
+def _config_value(value, name):
+    """A config-friendly copy of a policy argument: Python values stay, static tensors become
+    floats; a tensor known only at run time cannot be saved in a config."""
+    if value is None or isinstance(value, (int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_config_value(v, name) for v in value]
+    static = tf.get_static_value(value) if isinstance(value, tf.Tensor) else None
+    return _RUNTIME_TENSOR if static is None else float(static)
+
+
+def _refuse_own_clipping(inner):
+    found = {}
+    for argument in KERAS_CLIPPING_ARGUMENTS:
+        try:
+            value = getattr(inner, argument, None)
+        except (AttributeError, ValueError):
+            value = None
+        if value is not None:
+            found[argument] = value
+    if found:
+        received = ", ".join("{}={!r}".format(k, v) for k, v in sorted(found.items()))
+        raise ValueError(
+            "`optimizer` clips gradients by itself ({0}). With safegrad, clipping happens in one "
+            "place, after the finite check and after cross-replica aggregation: create the "
+            "optimizer without it and pass clip_norm= / per_variable_clip_norm= / clip_value= to "
+            "SafeOptimizer. Received: optimizer={1} with {0}".format(received, type(inner).__name__)
+        )
