@@ -39,7 +39,7 @@ import time
 import numpy as np
 
 import safegrad
-from safegrad._compat import TF_VERSION, TF_VERSION_STRING, tf, tf1
+from safegrad._tf import TF_VERSION, TF_VERSION_STRING, tf, tf1
 
 CLIP = 1.0
 VALUE = 1.0

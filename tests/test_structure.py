@@ -8,6 +8,7 @@
 
 import ast
 import os
+import subprocess
 import sys
 
 import pytest
@@ -88,3 +89,11 @@ def test_no_name_shadows_a_standard_library_module(module):
         for target in node.targets if isinstance(target, ast.Name)
     }
     assert sorted(defined & set(sys.stdlib_module_names)) == []
+
+
+@pytest.mark.parametrize("script", ["bench_step.py", "bench_scale.py", "run.py"])
+def test_benchmark_scripts_still_import(script):
+    # The benchmarks run outside the matrix (tox -e bench-*): at least their imports are checked here.
+    path = os.path.join(os.path.dirname(PACKAGE), "benchmarks", script)
+    result = subprocess.run([sys.executable, path, "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-3000:]
