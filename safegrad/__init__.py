@@ -7,7 +7,10 @@ release:
 * ``SafeOptimizer(optimizer, ...)``: the same semantics behind ``minimize``/``apply_gradients``.
 * ``global_norm``, ``clip_by_global_norm``, ``clip_per_variable``, ``assert_finite``: the building
   blocks, usable between ``compute_gradients`` and ``apply_gradients``.
-* ``step_state(optimizer)`` / ``StepState``: skip counters and last-step statistics.
+* ``step_state(optimizer)`` / ``StepState``: skip counters and last-step statistics;
+  ``find_step_state`` finds them in a graph without the optimizer (after ``import_meta_graph``);
+  ``step_outputs(train_op)`` / ``StepOutputs``: this step's norm to fetch with the train op.
+* ``Saver``: a TF1 Saver that also resumes from checkpoints written before safegrad was added.
 * ``StepStatsCallback``: those statistics per epoch in Keras ``fit`` (History, TensorBoard).
 """
 
@@ -15,13 +18,16 @@ from safegrad._check import assert_finite
 from safegrad._clip import clip_by_global_norm, clip_per_variable
 from safegrad._norm import global_norm
 from safegrad._optimizer import SafeOptimizer
-from safegrad._state import StepState, step_state
+from safegrad._saver import Saver
+from safegrad._state import StepOutputs, StepState, find_step_state, step_outputs, step_state
 from safegrad._step import clip_and_apply
 from safegrad._version import __version__
 from safegrad import _callback, _keras_compat, _keras_wrappers
 
 __all__ = [
     "SafeOptimizer",
+    "Saver",
+    "StepOutputs",
     "StepState",
     "StepStatsCallback",
     "__version__",
@@ -29,7 +35,9 @@ __all__ = [
     "clip_and_apply",
     "clip_by_global_norm",
     "clip_per_variable",
+    "find_step_state",
     "global_norm",
+    "step_outputs",
     "step_state",
 ]
 

@@ -15,17 +15,8 @@ Example:
 """
 
 from safegrad import _keras_compat
-from safegrad._tf import TF_VERSION_STRING, as_control_input, outer_context_key, tf, tf1
-from safegrad._variables import trainable_variables_in_graph
-
-
-def resolve_var_list(var_list):
-    """``var_list`` as a list (calling it if it is a callable), or None."""
-    if var_list is None:
-        return None
-    if callable(var_list):
-        var_list = var_list()
-    return list(var_list)
+from safegrad._gradients import called_in_v1_graph, gradients_of
+from safegrad._tf import TF_VERSION_STRING, as_control_input, in_name_scope, outer_context_key, tf, tf1
 
 
 class OptimizerAdapter:
@@ -60,40 +51,16 @@ class OptimizerAdapter:
         if reason is not None and outer_context_key() is not None:
             raise ValueError("`optimizer` is a {}: {}".format(self.api, reason))
 
-    def compute_gradients(self, loss, var_list, tape):
-        """(gradient, variable) pairs of ``loss``, as each mode expects.
+    def compute_gradients(self, loss, var_list, tape, options=None):
+        """(gradient, variable) pairs of ``loss`` (see ``_gradients.gradients_of``)."""
+        return gradients_of(loss, var_list, tape, options)
 
-        * ``tape`` given: ``tape.gradient`` (TF2 eager / tf.function with a recorded loss tensor).
-        * a callable loss: a GradientTape around it (a callable ``var_list`` is read after the loss
-          ran, v1 semantics: a Keras model may create its weights on that first call).
-        * a loss tensor in a graph: ``tf.gradients``; default variables: the trainable ones.
-        """
-        if tape is not None:
-            variables = resolve_var_list(var_list)
-            if variables is None:
-                variables = list(tape.watched_variables())
-            return list(zip(tape.gradient(loss, variables), variables))
-        if callable(loss):
-            explicit = None if callable(var_list) else resolve_var_list(var_list)
-            with tf.GradientTape() as recorded:
-                for variable in explicit or ():
-                    if isinstance(variable, tf.Variable):
-                        recorded.watch(variable)
-                loss_value = loss()
-            variables = explicit if explicit is not None else resolve_var_list(var_list)
-            if variables is None:
-                variables = list(recorded.watched_variables())
-            return list(zip(recorded.gradient(loss_value, variables), variables))
-        variables = resolve_var_list(var_list)
-        if variables is None:
-            variables = trainable_variables_in_graph()
-        if not variables:
-            raise ValueError("No variables to optimize: pass `var_list`. Received: var_list=None")
-        return list(zip(tf.gradients(loss, variables), variables))
-
-    def prepare(self, variables):
-        """Creates the optimizer's variables for ``variables`` now, outside any tf.cond: a skipped
-        step must leave every optimizer variable untouched, so none may be born in a branch."""
+    def prepare(self, grads_and_vars, name_scope):
+        """Creates the optimizer's variables for ``grads_and_vars`` now, outside any tf.cond, with
+        the names the optimizer alone would give them when called in ``name_scope`` (the
+        caller's name scope, "" for the root). A skipped step must leave every optimizer
+        variable untouched, so none may be born in a branch; and adding safegrad must rename
+        none (checkpoints written before keep restoring)."""
 
     def apply(self, grads_and_vars, global_step=None, name=None, aggregated=False):
         """Applies ``grads_and_vars`` (no None gradients) and advances ``global_step`` by one.
@@ -139,18 +106,33 @@ class V1OptimizerAdapter(OptimizerAdapter):
     def speaks(cls, optimizer_class):
         return issubclass(optimizer_class, tf1.train.Optimizer)
 
-    def compute_gradients(self, loss, var_list, tape):
+    def compute_gradients(self, loss, var_list, tape, options=None):
         """The optimizer's own ``compute_gradients`` where it matters: a subclass hooking it (loss
-        scaling, Horovod's all-reduce) or a tf.distribute strategy (it divides the loss by the
-        replica count). Otherwise the base method only adds cost: in a graph it gates every
-        gradient op (GATE_OP) and under TF2 it makes every gradient wait for the loss value, 20%
-        of an M1 step in tf.function (benchmarks/). It cannot take a callable ``var_list``."""
+        scaling, Horovod's all-reduce), a tf.distribute strategy (it divides the loss by the
+        replica count), or gradient options given (its exact semantics). Otherwise the base
+        method only adds cost: in a graph it gates every gradient op (GATE_OP) and under TF2 it
+        makes every gradient wait for the loss value, 20% of an M1 step in tf.function
+        (benchmarks/). It cannot take a callable ``var_list``."""
+        options = options or {}
+        loss = called_in_v1_graph(loss)
         own = type(self.optimizer).compute_gradients is not tf1.train.Optimizer.compute_gradients
-        if tape is None and (own or tf.distribute.has_strategy()) and not (callable(loss) and callable(var_list)):
+        needed = own or tf.distribute.has_strategy() or bool(options)
+        if tape is None and needed and not (callable(loss) and callable(var_list)):
             if callable(var_list):
                 var_list = var_list()
-            return list(self.optimizer.compute_gradients(loss, var_list=var_list))
-        return super().compute_gradients(loss, var_list, tape)
+            return list(self.optimizer.compute_gradients(loss, var_list=var_list, **options))
+        return super().compute_gradients(loss, var_list, tape, options)
+
+    def prepare(self, grads_and_vars, name_scope):
+        # `apply_gradients` creates slots and non-slot variables (Adam's beta1_power) in the name
+        # scope it is called in: do it first in the caller's scope. `_create_slots` is the v1
+        # optimizer's own (idempotent) hook, stable from TF 1.15 to 2.21. Under a strategy,
+        # `_distributed_apply` creates them in cross-replica context itself.
+        if tf.distribute.has_strategy():
+            return
+        variables = [v for g, v in grads_and_vars if g is not None]
+        with in_name_scope(name_scope), tf.init_scope():
+            self.optimizer._create_slots(variables)
 
     def apply(self, grads_and_vars, global_step=None, name=None, aggregated=False):
         # v1 optimizers advance global_step themselves (colocated, after the update).
@@ -191,8 +173,10 @@ class KerasOptimizerV2Adapter(OptimizerAdapter):
             getattr(optimizer_class, "get_slot", None)
         )
 
-    def prepare(self, variables):
-        with tf.init_scope():
+    def prepare(self, grads_and_vars, name_scope):
+        # Named as its own `apply_gradients` names them: in the caller's scope, under its name.
+        variables = [v for g, v in grads_and_vars if g is not None]
+        with in_name_scope(name_scope), tf.name_scope(self.optimizer._name), tf.init_scope():
             self.optimizer._create_all_weights(variables)
 
     def apply_gradients(self, grads_and_vars, name, aggregated):
@@ -231,10 +215,10 @@ class Keras3OptimizerAdapter(OptimizerAdapter):
             "tf.compat.v1 graph/Session. Use a tf.compat.v1.train optimizer there."
         )
 
-    def prepare(self, variables):
+    def prepare(self, grads_and_vars, name_scope):
         with tf.init_scope():
             if not self.optimizer.built:
-                self.optimizer.build(variables)
+                self.optimizer.build([v for _, v in grads_and_vars])
 
     def apply_gradients(self, grads_and_vars, name, aggregated):
         return self.optimizer.apply_gradients(grads_and_vars)  # Keras 3 takes no `name`
@@ -262,9 +246,9 @@ class Keras2OptimizerAdapter(OptimizerAdapter):
             "eagerly / inside tf.function."
         )
 
-    def prepare(self, variables):
+    def prepare(self, grads_and_vars, name_scope):
         with tf.init_scope():
-            self.optimizer.build(variables)  # idempotent once built
+            self.optimizer.build([v for _, v in grads_and_vars])  # idempotent once built
 
     def apply_gradients(self, grads_and_vars, name, aggregated):
         return self.optimizer.apply_gradients(

@@ -7,12 +7,19 @@ from safegrad._structure import GradientList
 from safegrad._tf import tf
 
 
-def clip_scale(norm, clip_norm):
+def clip_scale(norm, clip_norm, tf_compatible=False):
     """``min(1, clip_norm / norm)`` elementwise, as float32; exactly 1.0 when ``norm <= clip_norm``
     (so unclipped gradients stay bit-for-bit unchanged), when ``norm`` is 0 (no 0/0), and when
-    ``norm`` is NaN/Inf (a non-finite gradient is not smeared over the others)."""
+    ``norm`` is NaN/Inf (a non-finite gradient is not smeared over the others).
+
+    ``tf_compatible``: rounded as ``tf.clip_by_global_norm`` computes it,
+    ``clip_norm * min(1 / norm, 1 / clip_norm)`` (two roundings; not always exactly 1.0).
+    """
     clip_norm = tf.cast(clip_norm, tf.float32)
-    scale = clip_norm / tf.maximum(norm, clip_norm)
+    if tf_compatible:
+        scale = clip_norm * tf.minimum(1.0 / norm, 1.0 / clip_norm)
+    else:
+        scale = clip_norm / tf.maximum(norm, clip_norm)
     return tf.where(tf.math.is_finite(norm), scale, tf.ones_like(scale))
 
 
@@ -40,12 +47,17 @@ def value_bounds(clip_value):
     return -clip_value, clip_value
 
 
-def clip_values(gradient, bounds):
+def clip_values(gradient, bounds, tf_compatible=False):
     """Elementwise clip to ``bounds`` = (min, max); IndexedSlices are first summed per index, so
-    the clip applies to the dense equivalent (and the result has unique indices)."""
+    the clip applies to the dense equivalent (and the result has unique indices) - unless
+    ``tf_compatible``: then each slice is clipped, as ``tf.clip_by_value`` does."""
     if gradient is None:
         return None
     low, high = bounds
+    if isinstance(gradient, tf.IndexedSlices) and tf_compatible:
+        values = gradient.values
+        clipped = tf.clip_by_value(values, tf.cast(low, values.dtype), tf.cast(high, values.dtype))
+        return tf.IndexedSlices(clipped, gradient.indices, gradient.dense_shape)
     if isinstance(gradient, tf.IndexedSlices):
         summed, unique_indices = dedup_slices(gradient)
         clipped = tf.clip_by_value(summed, tf.cast(low, summed.dtype), tf.cast(high, summed.dtype))
@@ -55,7 +67,7 @@ def clip_values(gradient, bounds):
 
 
 @do_not_convert
-def clip_by_global_norm(grads, clip_norm, use_norm=None):
+def clip_by_global_norm(grads, clip_norm, use_norm=None, tf_compatible_norm=False):
     """Scales gradients so their global norm is at most ``clip_norm``; drop-in for
     ``tf.clip_by_global_norm``.
 
@@ -74,6 +86,10 @@ def clip_by_global_norm(grads, clip_norm, use_norm=None):
         pairs as returned by ``compute_gradients``.
       clip_norm: the maximum global norm, a number > 0 or a scalar tensor.
       use_norm: optional precomputed global norm to use instead of computing it.
+      tf_compatible_norm: TensorFlow's arithmetic - IndexedSlices counted slice by slice
+        (repeated indices not summed first) and TF's rounding of the scale - so that the result
+        is bit for bit ``tf.clip_by_global_norm``'s whenever the norm is finite: for reproducing
+        a run made without safegrad.
 
     Returns:
       ``(clipped, global_norm)``: the clipped gradients in the form of ``grads`` and the float32
@@ -87,23 +103,25 @@ def clip_by_global_norm(grads, clip_norm, use_norm=None):
     if clip_norm is None:
         raise ValueError("`clip_norm` must be > 0 and finite. Received: clip_norm=None")
     _validate.positive_scalar(clip_norm, "clip_norm")
+    tf_compatible_norm = _validate.flag(tf_compatible_norm, "tf_compatible_norm")
     form = GradientList.parse(grads, "grads")
     with tf.name_scope("safegrad_clip_by_global_norm"):
         if use_norm is None:
             present = [g for g in form.gradients if g is not None]
             if not present:
                 return form.rebuild(form.gradients), tf.constant(0.0, tf.float32)
-            norm = inspect_gradients([dense_equivalent_values(g) for g in present]).global_norm
+            values = [dense_equivalent_values(g, tf_compatible_norm) for g in present]
+            norm = inspect_gradients(values).global_norm
         else:
             _validate.static_scalar(use_norm, "use_norm")
             norm = tf.cast(use_norm, tf.float32)
-        scale = clip_scale(norm, _validate.runtime_positive(clip_norm, "clip_norm"))
+        scale = clip_scale(norm, _validate.runtime_positive(clip_norm, "clip_norm"), tf_compatible_norm)
         clipped = [scale_gradient(g, scale) for g in form.gradients]
     return form.rebuild(clipped), norm
 
 
 @do_not_convert
-def clip_per_variable(grads, clip_norm=None, clip_value=None):
+def clip_per_variable(grads, clip_norm=None, clip_value=None, tf_compatible_norm=False):
     """Clips each gradient on its own: elementwise to ``clip_value``, then to norm ``clip_norm``.
 
     Args:
@@ -114,6 +132,8 @@ def clip_per_variable(grads, clip_norm=None, clip_value=None):
       clip_value: optional elementwise bound: ``c`` means [-c, c] (c > 0), or a ``(min, max)``
         pair. ``IndexedSlices`` are summed per index first, so the bound holds for the dense
         equivalent; the result then has unique indices.
+      tf_compatible_norm: IndexedSlices clipped and measured slice by slice, as
+        ``tf.clip_by_value`` / ``tf.clip_by_norm`` do (repeated indices not summed first).
 
     Returns:
       The clipped gradients, in the form of ``grads`` (None stays None in place).
@@ -126,6 +146,7 @@ def clip_per_variable(grads, clip_norm=None, clip_value=None):
     """
     _validate.positive_scalar(clip_norm, "clip_norm")
     _validate.clip_value_bounds(clip_value)
+    tf_compatible_norm = _validate.flag(tf_compatible_norm, "tf_compatible_norm")
     if clip_norm is None and clip_value is None:
         raise ValueError(
             "clip_per_variable needs `clip_norm` or `clip_value`. Received: clip_norm=None, "
@@ -138,10 +159,10 @@ def clip_per_variable(grads, clip_norm=None, clip_value=None):
         return form.rebuild(gradients)
     with tf.name_scope("safegrad_clip_per_variable"):
         if clip_value is not None:
-            gradients = [clip_values(g, value_bounds(clip_value)) for g in gradients]
+            gradients = [clip_values(g, value_bounds(clip_value), tf_compatible_norm) for g in gradients]
         if clip_norm is not None:
             limit = _validate.runtime_positive(clip_norm, "clip_norm")
-            values = [dense_equivalent_values(gradients[i]) for i in present]
+            values = [dense_equivalent_values(gradients[i], tf_compatible_norm) for i in present]
             norms = inspect_gradients(values, per_gradient=True, per_gradient_bound=limit).norms
             scales = clip_scale(norms, limit)
             for k, i in enumerate(present):
@@ -173,8 +194,8 @@ def clip_for_policy(gradients, values, raw, policy, fold_global_scale=False):
     global_norm = raw.global_norm
     if policy.clip_value is not None:
         bounds = value_bounds(policy.clip_value)
-        gradients = [clip_values(g, bounds) for g in gradients]
-        values = [dense_equivalent_values(g) for g in gradients]
+        gradients = [clip_values(g, bounds, policy.tf_compatible_norm) for g in gradients]
+        values = [dense_equivalent_values(g, policy.tf_compatible_norm) for g in gradients]
         fresh = inspect_gradients(
             values,
             per_gradient=policy.per_variable_clip_norm is not None,
@@ -193,7 +214,7 @@ def clip_for_policy(gradients, values, raw, policy, fold_global_scale=False):
     folded = None
     if policy.clip_norm is not None:
         limit = _validate.runtime_positive(policy.clip_norm, "clip_norm")
-        scale = clip_scale(global_norm, limit)
+        scale = clip_scale(global_norm, limit, policy.tf_compatible_norm)
         if fold_global_scale:
             folded = scale
         else:

@@ -33,18 +33,20 @@ class KerasWrapperCore(WrapperSurface):
         clip_value=None,
         on_nonfinite="raise",
         max_consecutive_skips=None,
+        tf_compatible_norm=False,
         name=None,
     ):
         """Wraps ``inner_optimizer`` like ``safegrad.SafeOptimizer``.
 
         Args:
           inner_optimizer: the Keras optimizer to wrap (without clipnorm/clipvalue/global_clipnorm).
-          clip_norm, per_variable_clip_norm, clip_value, on_nonfinite, max_consecutive_skips: as
-            in ``safegrad.clip_and_apply``.
+          clip_norm, per_variable_clip_norm, clip_value, on_nonfinite, max_consecutive_skips,
+            tf_compatible_norm: as in ``safegrad.clip_and_apply``.
           name: optional name.
         """
         policy = StepPolicy.from_arguments(locals())
         adapter = adapter_for(inner_optimizer)
+        adapter.require_supported_context()
         _refuse_own_clipping(inner_optimizer)
         validate_name(name)
         self._safegrad_init_base(inner_optimizer, name)
@@ -104,6 +106,7 @@ class KerasWrapperCore(WrapperSurface):
         strategy), then checks, clips and applies through it without summing a second time.
 
         Returns a bool tensor: True when the update was applied."""
+        self._safegrad_adapter.require_supported_context()
         grads_and_vars = list(grads_and_vars)
         present = [(g, v) for g, v in grads_and_vars if g is not None]
         absent = [(g, v) for g, v in grads_and_vars if g is None]

@@ -14,6 +14,7 @@ import collections
 from safegrad._compat import do_not_convert, in_xla_context, lazy_cond
 from safegrad._structure import GradientList
 from safegrad._tf import tf
+from safegrad._validate import flag as validate_flag
 
 HALF_TYPES = (tf.float16, tf.bfloat16)
 
@@ -52,8 +53,15 @@ def dedup_slices(slices):
     return summed, unique_indices
 
 
-def dense_equivalent_values(gradient):
-    """Values whose sum of squares is the dense gradient's, in an accumulable dtype."""
+def dense_equivalent_values(gradient, tf_compatible=False):
+    """Values whose sum of squares is the dense gradient's, in an accumulable dtype.
+
+    ``tf_compatible``: for IndexedSlices, the slices' own values, as ``tf.clip_by_global_norm``
+    counts them (repeated indices each counted, not summed first: [1], [1] at index 0 give
+    sqrt(2), where the dense gradient [2] has norm 2).
+    """
+    if isinstance(gradient, tf.IndexedSlices) and tf_compatible:
+        return accumulable(gradient.values)
     if isinstance(gradient, tf.IndexedSlices):
         values = accumulable(gradient.values)
         return dedup_slices(tf.IndexedSlices(values, gradient.indices, gradient.dense_shape))[0]
@@ -209,7 +217,7 @@ def _report(has_nan, has_inf, names):
 
 
 @do_not_convert
-def global_norm(grads):
+def global_norm(grads, tf_compatible_norm=False):
     """The L2 norm of all gradients together, as ``tf.linalg.global_norm`` but correct everywhere.
 
     * ``None`` entries are ignored.
@@ -226,6 +234,8 @@ def global_norm(grads):
     Args:
       grads: a list of gradients (Tensor, IndexedSlices or None), or of (gradient, variable)
         pairs as returned by ``compute_gradients``.
+      tf_compatible_norm: count IndexedSlices as ``tf.linalg.global_norm`` does (each slice, so
+        repeated indices are not summed first), to reproduce a run made without safegrad.
 
     Returns:
       A float32 scalar tensor (0.0 when every gradient is None).
@@ -233,9 +243,11 @@ def global_norm(grads):
     Example:
       >>> safegrad.global_norm([tf.constant([3.0, 4.0]), None])  # 5.0
     """
+    tf_compatible_norm = validate_flag(tf_compatible_norm, "tf_compatible_norm")
     form = GradientList.parse(grads, "grads")
     present = [g for g in form.gradients if g is not None]
     if not present:
         return tf.constant(0.0, tf.float32)
     with tf.name_scope("safegrad_global_norm"):
-        return inspect_gradients([dense_equivalent_values(g) for g in present]).global_norm
+        values = [dense_equivalent_values(g, tf_compatible_norm) for g in present]
+        return inspect_gradients(values).global_norm

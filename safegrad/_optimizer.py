@@ -7,7 +7,7 @@ from safegrad._compat import do_not_convert, track_dependency
 from safegrad._keras_wrappers import wrapper_class
 from safegrad._policy import StepPolicy
 from safegrad._step import apply_gradients_safely
-from safegrad._tf import tf, tf1
+from safegrad._tf import current_name_scope, tf, tf1
 from safegrad._validate import name as validate_name
 from safegrad._wrapping import WrapperSurface
 
@@ -47,6 +47,7 @@ class SafeOptimizer(WrapperSurface, tf1.train.Optimizer):
       clip_value: optional elementwise bound: ``c`` for [-c, c], or a ``(min, max)`` pair.
       on_nonfinite: ``"raise"`` (default), ``"skip"`` or ``"ignore"``; see ``clip_and_apply``.
       max_consecutive_skips: with ``"skip"``, raise on the N+1-th non-finite step in a row.
+      tf_compatible_norm: TensorFlow's arithmetic for the norms; see ``clip_and_apply``.
       name: optional name; default ``"Safe" + optimizer.get_name()`` (Keras: ``"safe_" + name``).
 
     Example:
@@ -73,6 +74,7 @@ class SafeOptimizer(WrapperSurface, tf1.train.Optimizer):
         clip_value=None,
         on_nonfinite="raise",
         max_consecutive_skips=None,
+        tf_compatible_norm=False,
         name=None,
     ):
         """Wraps ``optimizer``; see the class docstring for the arguments."""
@@ -100,10 +102,11 @@ class SafeOptimizer(WrapperSurface, tf1.train.Optimizer):
         Returns:
           In a graph, the train op; eagerly or in ``tf.function``, a bool tensor (applied?).
         """
+        outer_scope = current_name_scope()
         with tf.name_scope(name or self.get_name()):
             return apply_gradients_safely(
                 self._safegrad_adapter, grads_and_vars, self._safegrad_policy,
-                global_step=global_step, name=name, state_owner=self,
+                global_step=global_step, name=name, state_owner=self, name_scope=outer_scope,
             )
 
     def get_slot(self, var, name):

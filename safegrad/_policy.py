@@ -20,6 +20,7 @@ _DEFAULTS = collections.OrderedDict(
         ("clip_value", None),
         ("on_nonfinite", "raise"),
         ("max_consecutive_skips", None),
+        ("tf_compatible_norm", False),
     ]
 )
 
@@ -43,6 +44,7 @@ class StepPolicy(collections.namedtuple("StepPolicy", list(_DEFAULTS))):
         clip_value=None,
         on_nonfinite="raise",
         max_consecutive_skips=None,
+        tf_compatible_norm=False,
     ):
         """Validates the arguments (ValueError/TypeError naming the argument and echoing it)."""
         on_nonfinite = _validate.on_nonfinite(on_nonfinite)
@@ -55,4 +57,5 @@ class StepPolicy(collections.namedtuple("StepPolicy", list(_DEFAULTS))):
             clip_value=tuple(clip_value) if isinstance(clip_value, list) else clip_value,
             on_nonfinite=on_nonfinite,
             max_consecutive_skips=_validate.max_consecutive_skips(max_consecutive_skips, on_nonfinite),
+            tf_compatible_norm=_validate.flag(tf_compatible_norm, "tf_compatible_norm"),
         )

@@ -1,10 +1,35 @@
-"""safegrad's own variables: skip counters and what the last step saw, one set per optimizer."""
+"""safegrad's own variables (skip counters, what the last step saw) and what one step outputs.
 
+One ``StepState`` per optimizer (per graph, or one eagerly). In a graph its variables are named
+``safegrad_state/<optimizer name>/<field>`` whatever name scope the step is built in, and the
+state is listed in the graph collection ``STATE_COLLECTION`` (by name, so it survives
+``export_meta_graph`` / ``import_meta_graph``): ``find_step_state`` finds it again without the
+optimizer object. ``step_outputs(train_op)`` gives the tensors of one graph step (this step's raw
+global norm, applied?, clipped?) to fetch in the same ``Session.run`` as the train op.
+"""
+
+import collections
+import re
 import weakref
 
 from safegrad._compat import do_not_convert, track_dependency
-from safegrad._tf import outer_context_key, tf
+from safegrad._tf import outer_context_key, tf, tf1
 from safegrad._variables import new_state_variable
+
+STATE_COLLECTION = "safegrad_step_states"
+OUTPUTS_COLLECTION = "safegrad_step_outputs"
+
+# name, dtype, initial value
+_FIELDS = (
+    ("consecutive_skips", tf.int64, 0),
+    ("total_skips", tf.int64, 0),
+    ("global_norm", tf.float32, 0.0),
+    ("clipped", tf.bool, False),
+    ("skipped", tf.bool, False),
+    ("steps", tf.int64, 0),
+    ("clipped_steps", tf.int64, 0),
+    ("global_norm_sum", tf.float64, 0.0),
+)
 
 # owner (optimizer) -> {"eager": StepState or None, "graphs": {graph: StepState}}
 _REGISTRY = weakref.WeakKeyDictionary()
@@ -15,7 +40,8 @@ class StepState(tf.Module):
 
     They are ordinary non-trainable variables: ``tf.compat.v1.train.Saver`` saves them in a graph,
     and ``tf.train.Checkpoint(optimizer=...)`` saves them in TF2 (they are tracked by the
-    optimizer). A step that raises changes none of them.
+    optimizer). A step that raises changes none of them. In a Session loop, read them after the
+    step's ``run``; to fetch this step's norm in the same ``run``, use ``step_outputs(train_op)``.
 
     Attributes:
       consecutive_skips: int64, non-finite steps skipped in a row (reset by an applied step).
@@ -28,27 +54,22 @@ class StepState(tf.Module):
       clipped_steps: int64, applied steps on which a norm bound was active.
       global_norm_sum: float64, sum of the global norms of all applied steps (for averages
         over an interval: difference of two readings / difference in applied steps).
+      scope: in a graph, the name scope of the variables (``safegrad_state/<optimizer name>``).
     """
 
-    def __init__(self):
+    def __init__(self, owner_name="optimizer", variables=None):
         super().__init__(name="safegrad_state")
-        with tf.init_scope(), tf.name_scope("safegrad"):
-            self.consecutive_skips = new_state_variable(0, tf.int64, "consecutive_skips")
-            self.total_skips = new_state_variable(0, tf.int64, "total_skips")
-            self.global_norm = new_state_variable(0.0, tf.float32, "global_norm")
-            self.clipped = new_state_variable(False, tf.bool, "clipped")
-            self.skipped = new_state_variable(False, tf.bool, "skipped")
-            self.steps = new_state_variable(0, tf.int64, "steps")
-            self.clipped_steps = new_state_variable(0, tf.int64, "clipped_steps")
-            self.global_norm_sum = new_state_variable(0.0, tf.float64, "global_norm_sum")
+        if variables is None:
+            variables, self.scope = _create_variables(owner_name)
+        else:
+            self.scope = owner_name
+        for name, _, _ in _FIELDS:
+            setattr(self, name, variables[name])
 
     @property
     def all_variables(self):
         """Every variable, in a fixed order (what savers list)."""
-        return [
-            self.consecutive_skips, self.total_skips, self.global_norm, self.clipped, self.skipped,
-            self.steps, self.clipped_steps, self.global_norm_sum,
-        ]
+        return [getattr(self, name) for name, _, _ in _FIELDS]
 
     def record_applied(self, global_norm, clipped, reset_streak):
         """Assignments for an applied step; returns the ops to depend on (none eagerly)."""
@@ -99,6 +120,28 @@ class StepState(tf.Module):
         }
 
 
+def _owner_name(owner):
+    get_name = getattr(owner, "get_name", None)  # v1 optimizers
+    name = get_name() if callable(get_name) else getattr(owner, "name", None)
+    if not isinstance(name, str) or not name:
+        name = type(owner).__name__
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+
+
+def _create_variables(owner_name):
+    """The state's variables, and in a graph their scope (listed in ``STATE_COLLECTION``)."""
+    with tf.init_scope():
+        if tf.executing_eagerly():
+            with tf.name_scope("safegrad_state"):
+                return {name: new_state_variable(v, dtype, name) for name, dtype, v in _FIELDS}, None
+        # An absolute scope: the same names whatever scope the step is built in.
+        with tf1.name_scope("safegrad_state/"), tf1.name_scope(owner_name) as scope:
+            variables = {name: new_state_variable(v, dtype, name) for name, dtype, v in _FIELDS}
+        scope = scope.rstrip("/")
+        tf1.add_to_collection(STATE_COLLECTION, scope)
+        return variables, scope
+
+
 @do_not_convert
 def step_state(optimizer):
     """The ``StepState`` safegrad keeps for ``optimizer`` in the current graph (or eagerly).
@@ -107,7 +150,8 @@ def step_state(optimizer):
     ``sess.run(state.global_norm)`` etc.; eagerly and in ``tf.function`` there is one, read with
     ``state.global_norm.numpy()``. Calling it once before the first call of a ``tf.function``
     that uses ``clip_and_apply`` keeps that function from being traced twice (TF retraces a
-    function that creates variables in its first call).
+    function that creates variables in its first call). Every ``clip_and_apply`` call with the
+    same optimizer updates the same state.
 
     Args:
       optimizer: the optimizer passed to ``clip_and_apply``, or a ``SafeOptimizer``.
@@ -127,12 +171,112 @@ def step_state(optimizer):
         _REGISTRY[optimizer] = entry
     if key is None:
         if entry["eager"] is None:
-            entry["eager"] = StepState()
+            entry["eager"] = StepState(_owner_name(optimizer))
             track_dependency(optimizer, entry["eager"], "safegrad_state")
         return entry["eager"]
     state = entry["graphs"].get(key)
     if state is None:
         with key.as_default():
-            state = StepState()
+            state = StepState(_owner_name(optimizer))
         entry["graphs"][key] = state
     return state
+
+
+def find_step_state(scope=None, graph=None):
+    """The ``StepState`` of a graph, found without the optimizer (e.g. after ``import_meta_graph``).
+
+    Args:
+      scope: the state's ``scope``, ``"safegrad_state/<optimizer name>"`` (e.g.
+        ``"safegrad_state/Adam"``); may be omitted when the graph has one state.
+      graph: the graph; default: the current default graph.
+
+    Returns:
+      A ``StepState`` over the graph's variables (read them with ``sess.run``).
+
+    Raises:
+      ValueError: naming the states the graph has, when none or several match.
+
+    Example:
+      >>> tf.compat.v1.train.import_meta_graph("model.ckpt.meta")
+      >>> state = safegrad.find_step_state()
+      >>> sess.run(state.total_skips)
+    """
+    graph = graph if graph is not None else tf1.get_default_graph()
+    scopes = [_as_text(s) for s in graph.get_collection(STATE_COLLECTION)]
+    matching = [s for s in scopes if scope is None or s == scope]
+    if len(matching) != 1:
+        raise ValueError(
+            "`scope` must name one of the graph's safegrad states: {}. Received: scope={!r}".format(
+                scopes or "none (no clip_and_apply / SafeOptimizer step was built in it)", scope
+            )
+        )
+    by_name = {v.op.name: v for v in graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)}
+    missing = [name for name, _, _ in _FIELDS if "{}/{}".format(matching[0], name) not in by_name]
+    if missing:
+        raise ValueError(
+            "The graph lists the safegrad state {!r} but not its variables {} (restore the whole "
+            "meta graph).".format(matching[0], missing)
+        )
+    return StepState(
+        matching[0], {name: by_name["{}/{}".format(matching[0], name)] for name, _, _ in _FIELDS}
+    )
+
+
+def _as_text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+StepOutputs = collections.namedtuple("StepOutputs", ["global_norm", "applied", "clipped"])
+StepOutputs.__doc__ = """The tensors of one graph step, to fetch with its train op.
+
+global_norm: float32, this step's global norm of the raw gradients (NaN/Inf if not finite).
+applied: bool, whether this step's update was applied (False: skipped).
+clipped: bool, whether this step was applied with a norm bound active.
+"""
+
+
+def record_step_outputs(train_op, outputs):
+    """Lists ``outputs`` of the graph step ``train_op`` in ``OUTPUTS_COLLECTION`` (by name)."""
+    names = [train_op.name] + [t.name for t in outputs]
+    tf1.add_to_collection(OUTPUTS_COLLECTION, "|".join(names))
+
+
+def step_outputs(train_op):
+    """This step's global norm, applied? and clipped?, to fetch in the same ``Session.run``.
+
+    ``safegrad.step_state(optimizer).global_norm`` is a variable: fetched together with the train
+    op it may show the previous step's value. These tensors are the step's own (also found after
+    ``import_meta_graph``, by the train op's name).
+
+    Args:
+      train_op: the op returned by ``clip_and_apply`` / ``SafeOptimizer.minimize`` /
+        ``apply_gradients`` in a graph.
+
+    Returns:
+      A ``StepOutputs`` namedtuple of tensors (global_norm, applied, clipped).
+
+    Raises:
+      TypeError: eagerly or in ``tf.function`` (there the step returns ``applied`` and the
+        ``StepState`` holds this step's values once it returned), or for an op safegrad did not
+        build.
+
+    Example:
+      >>> train_op = safegrad.clip_and_apply(opt, loss, clip_norm=5.0, on_nonfinite="skip")
+      >>> outputs = safegrad.step_outputs(train_op)
+      >>> _, norm, applied = sess.run([train_op, outputs.global_norm, outputs.applied])
+    """
+    if not isinstance(train_op, tf1.Operation):
+        raise TypeError(
+            "`train_op` must be the op a safegrad step returned in a tf.compat.v1 graph (eagerly "
+            "and in tf.function the step returns `applied`, and step_state(optimizer) holds this "
+            "step's values once it returned). Received: train_op={!r}".format(train_op)
+        )
+    graph = train_op.graph
+    for entry in graph.get_collection(OUTPUTS_COLLECTION):
+        names = _as_text(entry).split("|")
+        if names[0] == train_op.name:
+            return StepOutputs(*[graph.get_tensor_by_name(n) for n in names[1:]])
+    raise TypeError(
+        "`train_op` was not built by safegrad.clip_and_apply / SafeOptimizer. Received: "
+        "train_op={!r}".format(train_op)
+    )

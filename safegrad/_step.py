@@ -15,10 +15,10 @@ from safegrad._clip import clip_for_policy
 from safegrad._compat import do_not_convert, in_xla_context
 from safegrad._norm import dense_equivalent_values, inspect_gradients
 from safegrad._policy import StepPolicy
-from safegrad._state import step_state
+from safegrad._state import record_step_outputs, step_state
 from safegrad._structure import GradientList
-from safegrad._tf import building_v1_graph, tf
-from safegrad._variables import is_trainable_dtype, variable_name
+from safegrad._tf import building_v1_graph, current_name_scope, tf, tf1
+from safegrad._variables import is_ref_variable, is_trainable_dtype, variable_name
 from safegrad._wrapping import refuse_wrapper
 
 
@@ -34,7 +34,12 @@ def clip_and_apply(
     clip_value=None,
     on_nonfinite="raise",
     max_consecutive_skips=None,
+    tf_compatible_norm=False,
     global_step=None,
+    gate_gradients=None,
+    aggregation_method=None,
+    colocate_gradients_with_ops=None,
+    grad_loss=None,
     name=None
 ):
     """One training step: gradients, a finite check, clipping, and the optimizer's update.
@@ -67,7 +72,17 @@ def clip_and_apply(
         ``"ignore"`` - no check, clipping only.
       max_consecutive_skips: with ``"skip"``, raise (as ``"raise"``) on the N+1-th non-finite
         step in a row; a finite step resets the streak. None: never.
+      tf_compatible_norm: TensorFlow's arithmetic for the norms: IndexedSlices (embeddings)
+        counted slice by slice, repeated ids not summed first, and ``tf.clip_by_global_norm``'s
+        rounding of the scale. For reproducing a run made before safegrad bit for bit; the
+        default is the norm of the dense gradient (what the optimizer applies).
       global_step: optional integer variable advanced by one for each APPLIED update.
+      gate_gradients, aggregation_method, colocate_gradients_with_ops: the options of
+        ``tf.compat.v1.train.Optimizer.compute_gradients`` (same values and semantics), for a
+        loss computed in a graph (``tf.gradients``); refused where a GradientTape computes the
+        gradients. None: not given (no gating, as ``tf.gradients``).
+      grad_loss: optional gradient of the loss (``compute_gradients``' ``grad_loss``, a tape's
+        ``output_gradients``).
       name: optional name for the ops (and of the returned op in a graph).
 
     The skip counters and last-step statistics live in ``safegrad.step_state(optimizer)``: one set
@@ -105,12 +120,34 @@ def clip_and_apply(
     adapter = adapter_for(optimizer)
     adapter.require_supported_context()
     _validate.loss_and_tape(loss, tape)
+    options = _validate.gradient_options(
+        loss, tape, gate_gradients, aggregation_method, colocate_gradients_with_ops, grad_loss
+    )
     var_list = _validate.var_list(var_list)
     global_step = _validate.global_step(global_step)
     name = _validate.name(name)
+    outer_scope = current_name_scope()
     with tf.name_scope(name or "safegrad"):
-        grads_and_vars = adapter.compute_gradients(loss, var_list, tape)
-        return apply_gradients_safely(adapter, grads_and_vars, policy, global_step=global_step, name=name)
+        if "grad_loss" in options:  # (after every check: a refused call builds nothing)
+            options["grad_loss"] = tf.convert_to_tensor(options["grad_loss"])
+        grads_and_vars = adapter.compute_gradients(loss, var_list, tape, options)
+        return apply_gradients_safely(
+            adapter, grads_and_vars, policy, global_step=global_step, name=name, name_scope=outer_scope
+        )
+
+
+def _refuse_ref_variables_in_a_v2_cond(variables):
+    """The skip decision is a tf.cond; with TF2's control flow (on by default in TF 2.x graphs) a
+    cond branch is a function, into which a ref variable cannot be passed (TF fails with "input
+    types ... float32_ref"). TF1 control flow (TF 1.15, ``disable_v2_behavior``) takes them."""
+    refs = [variable_name(v) for v in variables if is_ref_variable(v)]
+    if refs and building_v1_graph() and tf1.control_flow_v2_enabled():
+        raise ValueError(
+            "on_nonfinite='skip' decides in a tf.cond, and with TF2 control flow a tf.cond cannot "
+            "update ref variables ({}). Use resource variables (the TF2 default), or TF1 control "
+            "flow: tf.compat.v1.disable_v2_behavior() (or disable_control_flow_v2()) before "
+            "building the graph.".format(", ".join(refs))
+        )
 
 
 def _no_gradients_error(form):
@@ -129,6 +166,7 @@ def _no_gradients_error(form):
 @do_not_convert
 def apply_gradients_safely(
     adapter, grads_and_vars, policy, global_step=None, name=None, state_owner=None, aggregated=False,
+    name_scope=None,
 ):
     """Check, clip and apply already-computed (gradient, variable) pairs under ``policy``.
 
@@ -141,6 +179,8 @@ def apply_gradients_safely(
       state_owner: the object whose ``StepState`` is updated: the optimizer (default), or the
         ``SafeOptimizer`` wrapping it.
       aggregated: the gradients are already summed across replicas; nobody may sum them again.
+      name_scope: the caller's name scope, where the optimizer's own variables are created (as
+        without safegrad); default: the current one.
 
     Returns:
       What ``clip_and_apply`` returns.
@@ -159,6 +199,9 @@ def apply_gradients_safely(
         check_no_xla("on_nonfinite='raise'")
     if policy.max_consecutive_skips is not None:
         check_no_xla("max_consecutive_skips")
+    if name_scope is None:
+        name_scope = current_name_scope()
+    train_ops_before = list(tf1.get_collection(tf1.GraphKeys.TRAIN_OP)) if building_v1_graph() else None
     gradients = [form.gradients[i] for i in present]
     variables = [form.variables[i] for i in present]
     state = step_state(state_owner if state_owner is not None else adapter.optimizer)
@@ -174,14 +217,15 @@ def apply_gradients_safely(
         gradients = _distribute.all_reduce_sum(replica, gradients)
         aggregated = True
 
-    values = [dense_equivalent_values(g) for g in gradients]
+    values = [dense_equivalent_values(g, policy.tf_compatible_norm) for g in gradients]
     raw = inspect_gradients(
         values,
         names=form.names(present) if checking else None,
         per_gradient=policy.per_variable_clip_norm is not None and policy.clip_value is None,
         per_gradient_bound=policy.per_variable_clip_norm,
     )
-    fold = policy.clip_norm is not None and adapter.can_fold_clip_scale()
+    # (Folding the scale into the learning rate rounds differently from scaling the gradients.)
+    fold = policy.clip_norm is not None and adapter.can_fold_clip_scale() and not policy.tf_compatible_norm
     clipped, was_clipped, scale = clip_for_policy(gradients, values, raw, policy, fold_global_scale=fold)
     if replica is not None and adapter.sums_replicas_itself:
         # The optimizer sums the replicas' gradients again, whatever it is given: replica 0 gives
@@ -218,6 +262,9 @@ def apply_gradients_safely(
         with tf.control_dependencies(checks + recorded):
             return tf.identity(tf.constant(False))
 
+    # Every optimizer variable must exist before the cond (none may be born in a branch), with
+    # the names it has without safegrad.
+    adapter.prepare(form.rebuild(form.gradients), name_scope)
     step = (clipped, raw.global_norm, was_clipped, scale)
     if policy.on_nonfinite == "ignore":
         applied = apply_update(*step)
@@ -228,8 +275,7 @@ def apply_gradients_safely(
         with tf.control_dependencies([check] if check is not None else []):
             applied = apply_update(*step)
     else:
-        # Every optimizer variable must exist before the cond: none may be born in a branch.
-        adapter.prepare(list(form.variables))
+        _refuse_ref_variables_in_a_v2_cond(variables)
         if replica is None:
             applied = tf.cond(
                 raw.all_finite,
@@ -243,6 +289,12 @@ def apply_gradients_safely(
                 replica, raw.all_finite, apply_update, step, skip_update, (raw.global_norm, raw.report)
             )
 
-    if building_v1_graph():
-        return tf.group(applied, name=name or "safegrad_step")
-    return applied
+    if not building_v1_graph():
+        return applied
+    train_op = tf.group(applied, name=name or "safegrad_step")
+    record_step_outputs(train_op, (raw.global_norm, applied, tf.logical_and(applied, was_clipped)))
+    # The op to run is this one, not the optimizer's own update inside the cond (which
+    # `apply_gradients` listed and which cannot be fetched): code that takes its train op from
+    # the collection (e.g. after import_meta_graph) runs the whole safe step.
+    tf1.get_collection_ref(tf1.GraphKeys.TRAIN_OP)[:] = train_ops_before + [train_op]
+    return train_op

@@ -70,6 +70,20 @@ def outer_context_key():
         return tf1.get_default_graph()
 
 
+def current_name_scope():
+    """The current graph's name scope ("" at the root, and eagerly)."""
+    if tf.executing_eagerly():
+        return ""
+    return tf1.get_default_graph().get_name_scope()
+
+
+def in_name_scope(scope):
+    """Re-enters the name scope ``scope`` (as returned by ``Graph.get_name_scope``) in a graph."""
+    if tf.executing_eagerly():
+        return tf.name_scope("")
+    return tf1.name_scope(scope + "/" if scope else None)
+
+
 def raise_invalid_argument(message):
     """Raises the error a failed graph assertion would raise, eagerly, with ``message`` verbatim."""
     raise tf.errors.InvalidArgumentError(None, None, message)

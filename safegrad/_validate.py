@@ -8,7 +8,9 @@ tensor whose value is only known at run time gets a runtime assertion where that
 import math
 import numbers
 
-from safegrad._tf import executing_eagerly, tf
+import numpy as np
+
+from safegrad._tf import building_v1_graph, executing_eagerly, tf, tf1
 from safegrad._variables import is_trainable_dtype, is_variable, variable_name
 
 ON_NONFINITE_CHOICES = ("raise", "skip", "ignore")
@@ -100,6 +102,13 @@ def clip_value_bounds(value, name="clip_value"):
             "ranges. Received: {0}={1!r}".format(name, value)
         )
     return value
+
+
+def flag(value, name):
+    """A bool argument (numpy bools too); TypeError naming it otherwise."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError("`{0}` must be True or False. Received: {0}={1}".format(name, _describe(value)))
+    return bool(value)
 
 
 def on_nonfinite(value):
@@ -234,3 +243,56 @@ def loss_and_tape(loss, tape):
             "remember how it was computed. Pass tape=<the tf.GradientTape that recorded it>, or "
             "pass loss as a zero-argument callable. Received: loss={!r}, tape=None".format(loss)
         )
+
+
+def _one_of(value, allowed, name, expected):
+    """``value`` if it is one of ``allowed`` (bools refused: True == 1); ValueError otherwise."""
+    if isinstance(value, bool) or value not in allowed:
+        raise ValueError("`{0}` must be {1}. Received: {0}={2!r}".format(name, expected, value))
+    return value
+
+
+def gradient_options(loss, tape, gate_gradients, aggregation_method, colocate_gradients_with_ops, grad_loss):
+    """The options of ``Optimizer.compute_gradients`` that were given, checked; a dict.
+
+    ``gate_gradients``, ``aggregation_method`` and ``colocate_gradients_with_ops`` are options of
+    ``tf.gradients``: they apply to a loss tensor (or a callable) in a TF1-style graph, and to a
+    loss tensor without a tape inside ``tf.function``; a GradientTape has none of them.
+    ``grad_loss`` applies everywhere.
+    """
+    given = {}
+    if gate_gradients is not None:
+        gates = (tf1.train.Optimizer.GATE_NONE, tf1.train.Optimizer.GATE_OP, tf1.train.Optimizer.GATE_GRAPH)
+        given["gate_gradients"] = _one_of(
+            gate_gradients, gates, "gate_gradients",
+            "tf.compat.v1.train.Optimizer.GATE_NONE, GATE_OP or GATE_GRAPH {}".format(gates),
+        )
+    if aggregation_method is not None:
+        methods = sorted({v for k, v in vars(tf1.AggregationMethod).items() if k.isupper()})
+        given["aggregation_method"] = _one_of(
+            aggregation_method, methods, "aggregation_method",
+            "one of tf.AggregationMethod's values {}".format(methods),
+        )
+    if colocate_gradients_with_ops is not None:
+        if not isinstance(colocate_gradients_with_ops, bool):
+            raise TypeError(
+                "`colocate_gradients_with_ops` must be a bool or None. Received: "
+                "colocate_gradients_with_ops={}".format(_describe(colocate_gradients_with_ops))
+            )
+        given["colocate_gradients_with_ops"] = colocate_gradients_with_ops
+    graph_gradients = tape is None and (not callable(loss) or building_v1_graph())
+    if given and not graph_gradients:
+        name = sorted(given)[0]
+        raise ValueError(
+            "`{0}` is an option of tf.gradients: it applies to a loss tensor in a graph, but here "
+            "the gradients come from a GradientTape, which has no such option. Leave it out (or "
+            "build the step in a tf.compat.v1 graph). Received: {0}={1!r}".format(name, given[name])
+        )
+    if grad_loss is not None:
+        if not (_is_tensor(grad_loss) or isinstance(grad_loss, numbers.Real)):
+            raise TypeError(
+                "`grad_loss` must be a tensor holding the gradient of the loss (or None). Received: "
+                "grad_loss={}".format(_describe(grad_loss))
+            )
+        given["grad_loss"] = grad_loss
+    return given

@@ -25,6 +25,12 @@ def is_trainable_dtype(variable):
     return dtype.is_floating or dtype.is_complex
 
 
+def is_ref_variable(variable):
+    """True for a TF1 ref variable (TF 1.15's default ``tf.Variable``; ``use_resource=False``)."""
+    dtype = tf.as_dtype(variable.dtype)
+    return dtype != dtype.base_dtype
+
+
 def variable_name(variable):
     """The name a user recognises: Keras 3 ``path`` ('sequential/dense/kernel'), else the TF name
     without its ':0' output suffix ('dense/kernel', 'poisoned_weight')."""

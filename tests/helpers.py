@@ -136,6 +136,8 @@ class Mode:
 # Optimizers --------------------------------------------------------------------------------------
 
 _LEARNING_RATES = {"sgd": 0.1, "momentum": 0.1, "adam": 0.01, "adagrad": 0.1}
+# Every tf.compat.v1.train optimizer legacy code uses (the four above, plus three more).
+V1_OPTIMIZERS = ["v1-sgd", "v1-momentum", "v1-adam", "v1-adagrad", "v1-rmsprop", "v1-ftrl", "v1-adadelta"]
 
 
 def _v1(kind, learning_rate, **kwargs):
@@ -145,6 +147,9 @@ def _v1(kind, learning_rate, **kwargs):
         "momentum": lambda: train.MomentumOptimizer(learning_rate, momentum=0.9, **kwargs),
         "adam": lambda: train.AdamOptimizer(learning_rate, **kwargs),
         "adagrad": lambda: train.AdagradOptimizer(learning_rate, **kwargs),
+        "rmsprop": lambda: train.RMSPropOptimizer(learning_rate, **kwargs),
+        "ftrl": lambda: train.FtrlOptimizer(learning_rate, **kwargs),
+        "adadelta": lambda: train.AdadeltaOptimizer(learning_rate, **kwargs),
     }[kind]()
 
 
@@ -171,7 +176,7 @@ def optimizer_names():
 def new_optimizer(name, learning_rate=None, **kwargs):
     """A fresh optimizer by name (see ``optimizer_names``); ``kwargs`` go to its constructor."""
     family, _, kind = name.rpartition("-")
-    learning_rate = _LEARNING_RATES[kind] if learning_rate is None else learning_rate
+    learning_rate = _LEARNING_RATES.get(kind, 0.1) if learning_rate is None else learning_rate
     if family == "v1":
         return _v1(kind, learning_rate, **kwargs)
     if family == "keras":

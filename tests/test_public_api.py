@@ -16,6 +16,8 @@ from helpers import TF2
 
 EXPECTED = [
     "SafeOptimizer",
+    "Saver",
+    "StepOutputs",
     "StepState",
     "StepStatsCallback",
     "__version__",
@@ -23,9 +25,13 @@ EXPECTED = [
     "clip_and_apply",
     "clip_by_global_norm",
     "clip_per_variable",
+    "find_step_state",
     "global_norm",
+    "step_outputs",
     "step_state",
 ]
+CLASSES = {"__version__", "StepState", "StepStatsCallback", "StepOutputs"}
+GRAPH_ONLY = {"Saver", "find_step_state", "step_outputs"}  # TF1-style graphs and Sessions
 
 
 def test_all_is_exactly_the_public_names():
@@ -60,7 +66,8 @@ def test_signature_of_clip_and_apply_is_pinned():
     params = inspect.signature(safegrad.clip_and_apply).parameters
     assert list(params) == [
         "optimizer", "loss", "var_list", "tape", "clip_norm", "per_variable_clip_norm",
-        "clip_value", "on_nonfinite", "max_consecutive_skips", "global_step", "name",
+        "clip_value", "on_nonfinite", "max_consecutive_skips", "tf_compatible_norm", "global_step",
+        "gate_gradients", "aggregation_method", "colocate_gradients_with_ops", "grad_loss", "name",
     ]
     keyword_only = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
     assert keyword_only == list(params)[3:]
@@ -105,7 +112,7 @@ def _calls(w):
 
 
 @pytest.mark.skipif(not TF2, reason="tf.function: TF2")
-@pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"__version__", "StepState", "StepStatsCallback"}))
+@pytest.mark.parametrize("name", sorted(set(EXPECTED) - CLASSES - GRAPH_ONLY))
 def test_every_public_function_traces_under_tf_function(name):
     w = tf.Variable([1.0, 2.0], name="w")
     call = _calls(w)[name]
@@ -119,14 +126,17 @@ def test_every_public_function_traces_under_tf_function(name):
     traced()  # a second call reuses the trace (no variables created twice)
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"__version__", "StepState", "StepStatsCallback"}))
+@pytest.mark.parametrize("name", sorted(set(EXPECTED) - CLASSES))
 def test_every_public_function_builds_in_a_graph(name, graph_mode):
     w = tf1.Variable([1.0, 2.0], name="w")
     calls = _calls(w)
-    if name in ("clip_and_apply", "SafeOptimizer"):  # graph mode takes the loss tensor
-        loss = tf.reduce_sum(w * w)
-        calls["clip_and_apply"] = lambda: safegrad.clip_and_apply(tf1.train.GradientDescentOptimizer(0.1), loss, [w])
-        calls["SafeOptimizer"] = lambda: safegrad.SafeOptimizer(tf1.train.GradientDescentOptimizer(0.1)).minimize(loss)
+    loss = tf.reduce_sum(w * w)  # graph mode takes the loss tensor
+    step = lambda: safegrad.clip_and_apply(tf1.train.GradientDescentOptimizer(0.1), loss, [w])  # noqa: E731
+    calls["clip_and_apply"] = step
+    calls["SafeOptimizer"] = lambda: safegrad.SafeOptimizer(tf1.train.GradientDescentOptimizer(0.1)).minimize(loss)
+    calls["step_outputs"] = lambda: safegrad.step_outputs(step()).global_norm
+    calls["find_step_state"] = lambda: (step(), safegrad.find_step_state().total_skips.read_value())[1]
+    calls["Saver"] = lambda: (step(), safegrad.Saver().saver_def.filename_tensor_name)[0]
     graph_mode.run(calls[name])
 
 

@@ -174,7 +174,7 @@ def test_double_wrapping_is_refused():
 def test_help_shows_the_real_signature_and_both_apis():
     assert list(inspect.signature(safegrad.SafeOptimizer).parameters) == [
         "optimizer", "clip_norm", "per_variable_clip_norm", "clip_value", "on_nonfinite",
-        "max_consecutive_skips", "name",
+        "max_consecutive_skips", "tf_compatible_norm", "name",
     ]
     text = pydoc.render_doc(safegrad.SafeOptimizer, renderer=pydoc.plaintext)
     assert "SafeOptimizer(optimizer, clip_norm=None, per_variable_clip_norm=None" in text
