@@ -3,7 +3,8 @@
 One API for TF1 Session loops and TF2 ``tf.function`` code, from TensorFlow 1.15 to the newest
 release:
 
-* ``clip_and_apply(optimizer, loss, ...)``: one safe training step.
+* ``clip_and_apply(optimizer, loss, ...)``: one safe training step; ``apply_gradients(optimizer,
+  grads_and_vars, ...)`` the same for gradients you already have.
 * ``SafeOptimizer(optimizer, ...)``: the same semantics behind ``minimize``/``apply_gradients``.
 * ``global_norm``, ``clip_by_global_norm``, ``clip_per_variable``, ``assert_finite``: the building
   blocks, usable between ``compute_gradients`` and ``apply_gradients``.
@@ -20,7 +21,7 @@ from safegrad._norm import global_norm
 from safegrad._optimizer import SafeOptimizer
 from safegrad._saver import Saver
 from safegrad._state import StepOutputs, StepState, find_step_state, step_outputs, step_state
-from safegrad._step import clip_and_apply
+from safegrad._step import apply_gradients, clip_and_apply
 from safegrad._version import __version__
 from safegrad import _callback, _keras_compat, _keras_wrappers
 
@@ -31,6 +32,7 @@ __all__ = [
     "StepState",
     "StepStatsCallback",
     "__version__",
+    "apply_gradients",
     "assert_finite",
     "clip_and_apply",
     "clip_by_global_norm",

@@ -9,7 +9,7 @@ from safegrad import _keras_compat
 from safegrad._adapters import adapter_for
 from safegrad._policy import StepPolicy
 from safegrad._state import step_state
-from safegrad._step import apply_gradients_safely
+from safegrad._safe_apply import apply_gradients_safely
 from safegrad._tf import tf
 from safegrad._validate import loss_and_tape
 from safegrad._validate import name as validate_name

@@ -28,7 +28,7 @@ from safegrad._adapters import (
     adapter_class_for,
 )
 from safegrad._keras_wrapper_core import KerasWrapperCore
-from safegrad._tf import tf
+from safegrad._tf import as_operation, tf
 
 _CLASSES = {}
 
@@ -137,12 +137,13 @@ def _keras2_class(base):
             self._safegrad_set_weights(weights, len(inner.variables), set_inner)
 
         def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False, **kwargs):
-            """Checks, clips and applies; returns a bool tensor (applied?)."""
+            """Checks, clips and applies; returns ``iterations``, as the Keras 2.11+ optimizers do."""
             grads_and_vars = list(grads_and_vars)
             with tf.init_scope():
                 self.build([v for _, v in grads_and_vars])
             aggregate = not skip_gradients_aggregation and kwargs.pop("experimental_aggregate_gradients", True)
-            return self._safegrad_apply(grads_and_vars, name=name, aggregate=aggregate)
+            self._safegrad_apply(grads_and_vars, name=name, aggregate=aggregate)
+            return self.iterations
 
         @property
         def use_ema(self):
@@ -184,8 +185,11 @@ def _optimizer_v2_class(base):
             self._safegrad_inner._create_all_weights(var_list)
 
         def apply_gradients(self, grads_and_vars, name=None, experimental_aggregate_gradients=True):
-            """Checks, clips and applies; returns the train op in a graph, else a bool tensor."""
-            return self._safegrad_apply(grads_and_vars, name=name, aggregate=experimental_aggregate_gradients)
+            """Checks, clips and applies; returns what OptimizerV2's does: the update op in a graph
+            and in ``tf.function``, None eagerly."""
+            return as_operation(
+                self._safegrad_apply(grads_and_vars, name=name, aggregate=experimental_aggregate_gradients)
+            )
 
         def _aggregate_gradients(self, grads_and_vars):
             return self._safegrad_inner._aggregate_gradients(grads_and_vars)

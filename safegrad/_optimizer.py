@@ -6,8 +6,8 @@ from safegrad._adapters import V1OptimizerAdapter, adapter_class_for, adapter_fo
 from safegrad._compat import do_not_convert, track_dependency
 from safegrad._keras_wrappers import wrapper_class
 from safegrad._policy import StepPolicy
-from safegrad._step import apply_gradients_safely
-from safegrad._tf import current_name_scope, tf, tf1
+from safegrad._safe_apply import apply_gradients_safely
+from safegrad._tf import as_operation, current_name_scope, tf, tf1
 from safegrad._validate import name as validate_name
 from safegrad._wrapping import WrapperSurface
 
@@ -24,16 +24,17 @@ class SafeOptimizer(WrapperSurface, tf1.train.Optimizer):
     * Given a ``tf.compat.v1.train.Optimizer`` (every TF): returns this class.
       ``minimize(loss, global_step=...)``, ``compute_gradients`` and
       ``apply_gradients(grads_and_vars, global_step=...)`` keep working; ``global_step`` advances
-      only on applied updates. ``apply_gradients`` returns the train op in a graph, a bool tensor
-      (applied?) eagerly and in ``tf.function``. ``get_slot``, ``variables()`` and every other
-      public attribute are the wrapped optimizer's (slot names: ``inner_optimizer.
-      get_slot_names()``). Works with ``tf.compat.v1.train.Saver``, ``MonitoredTrainingSession``
+      only on applied updates. ``apply_gradients``/``minimize`` return what the v1 optimizer's
+      return: the train op (in a graph and in ``tf.function``), None eagerly. ``get_slot``,
+      ``variables()`` and every other public attribute are the wrapped optimizer's (slot names:
+      ``inner_optimizer.get_slot_names()``). Works with ``tf.compat.v1.train.Saver``, ``MonitoredTrainingSession``
       and ``tf.train.Checkpoint``.
     * Given a ``tf.keras`` optimizer (TF 2.x: Keras 2 ``OptimizerV2``, the Keras 2.11+
       optimizers, Keras 3, tf-keras): returns a Keras optimizer of the same API (what
       ``model.compile`` needs; it is not an instance of this class) that works in ``fit``, in
       custom loops, saves and loads with the model, and adds ``minimize``/``compute_gradients``
-      under Keras 3. Its ``apply_gradients`` returns what the wrapped optimizer's returns.
+      under Keras 3. Its ``apply_gradients`` returns what the wrapped optimizer's API returns:
+      ``iterations`` (Keras 3, Keras 2.11+), the update op or None eagerly (OptimizerV2).
       See the README's Keras section.
     * Refused: a second wrapper on an optimizer, wrapping a SafeOptimizer, a Keras optimizer
       with its own ``clipnorm``/``clipvalue``/``global_clipnorm``, and optimizers of other APIs
@@ -100,14 +101,16 @@ class SafeOptimizer(WrapperSurface, tf1.train.Optimizer):
         """Checks, clips and applies ``grads_and_vars`` like ``safegrad.clip_and_apply``.
 
         Returns:
-          In a graph, the train op; eagerly or in ``tf.function``, a bool tensor (applied?).
+          What ``tf.compat.v1.train.Optimizer.apply_gradients`` returns: the train op in a graph
+          and in ``tf.function``, None eagerly. (Whether the update was applied:
+          ``safegrad.apply_gradients`` returns it, ``step_state.skipped`` holds it.)
         """
         outer_scope = current_name_scope()
         with tf.name_scope(name or self.get_name()):
-            return apply_gradients_safely(
+            return as_operation(apply_gradients_safely(
                 self._safegrad_adapter, grads_and_vars, self._safegrad_policy,
                 global_step=global_step, name=name, state_owner=self, name_scope=outer_scope,
-            )
+            ))
 
     def get_slot(self, var, name):
         """The wrapped optimizer's slot ``name`` for ``var`` (e.g. Adam's "m")."""

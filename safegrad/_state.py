@@ -123,6 +123,8 @@ class StepState(tf.Module):
 def _owner_name(owner):
     get_name = getattr(owner, "get_name", None)  # v1 optimizers
     name = get_name() if callable(get_name) else getattr(owner, "name", None)
+    if not isinstance(name, str):  # Keras OptimizerV2 of TF 2.0-2.10 (no public `name`)
+        name = getattr(owner, "_name", None)
     if not isinstance(name, str) or not name:
         name = type(owner).__name__
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)

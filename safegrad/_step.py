@@ -1,24 +1,16 @@
-"""One safe training step: obtain -> check (raw) -> clip (value, per-variable, global) -> apply.
+"""The public safe steps: ``clip_and_apply`` (from a loss) and ``apply_gradients`` (from gradients).
 
-The data flow is split so that every stage after "raw gradients" is the same code whatever
-produced them (a TF1 Session graph, a TF2 graph, ``tf.function``, eager) and whatever applies them:
-``apply_gradients_safely`` is that shared part, also used by every ``SafeOptimizer``; it asks the
-optimizer's adapter (``_adapters``) for everything that differs between optimizer APIs. The
-apply/skip decision is a single ``tf.cond`` on one scalar - under tf.distribute taken once, in
-cross-replica context (``_distribute``).
+Both validate their arguments at the call (before any op is built), find the optimizer's adapter
+and hand the gradients to ``_safe_apply.apply_gradients_safely``: obtain -> check (raw) -> clip
+(value, per-variable, global) -> apply or skip.
 """
 
-from safegrad import _distribute, _validate
+from safegrad import _validate
 from safegrad._adapters import adapter_for
-from safegrad._check import check_no_xla, fail_unless, failure_message
-from safegrad._clip import clip_for_policy
-from safegrad._compat import do_not_convert, in_xla_context
-from safegrad._norm import dense_equivalent_values, inspect_gradients
+from safegrad._compat import do_not_convert
 from safegrad._policy import StepPolicy
-from safegrad._state import record_step_outputs, step_state
-from safegrad._structure import GradientList
-from safegrad._tf import building_v1_graph, current_name_scope, tf, tf1
-from safegrad._variables import is_ref_variable, is_trainable_dtype, variable_name
+from safegrad._safe_apply import apply_gradients_safely
+from safegrad._tf import current_name_scope, tf
 from safegrad._wrapping import refuse_wrapper
 
 
@@ -136,165 +128,64 @@ def clip_and_apply(
         )
 
 
-def _refuse_ref_variables_in_a_v2_cond(variables):
-    """The skip decision is a tf.cond; with TF2's control flow (on by default in TF 2.x graphs) a
-    cond branch is a function, into which a ref variable cannot be passed (TF fails with "input
-    types ... float32_ref"). TF1 control flow (TF 1.15, ``disable_v2_behavior``) takes them."""
-    refs = [variable_name(v) for v in variables if is_ref_variable(v)]
-    if refs and building_v1_graph() and tf1.control_flow_v2_enabled():
-        raise ValueError(
-            "on_nonfinite='skip' decides in a tf.cond, and with TF2 control flow a tf.cond cannot "
-            "update ref variables ({}). Use resource variables (the TF2 default), or TF1 control "
-            "flow: tf.compat.v1.disable_v2_behavior() (or disable_control_flow_v2()) before "
-            "building the graph.".format(", ".join(refs))
-        )
-
-
-def _no_gradients_error(form):
-    names = [variable_name(v) for v in form.variables]
-    if not any(is_trainable_dtype(v) for v in form.variables):
-        return ValueError(
-            "No gradients provided for any variable: {}. None of them has a floating-point dtype, "
-            "so none can be trained.".format(names)
-        )
-    return ValueError(
-        "No gradients provided for any variable: {}. Check that the loss depends on these "
-        "variables through differentiable ops.".format(names)
-    )
-
-
 @do_not_convert
-def apply_gradients_safely(
-    adapter, grads_and_vars, policy, global_step=None, name=None, state_owner=None, aggregated=False,
-    name_scope=None,
+def apply_gradients(
+    optimizer,
+    grads_and_vars,
+    *,
+    clip_norm=None,
+    per_variable_clip_norm=None,
+    clip_value=None,
+    on_nonfinite="raise",
+    max_consecutive_skips=None,
+    tf_compatible_norm=False,
+    global_step=None,
+    name=None
 ):
-    """Check, clip and apply already-computed (gradient, variable) pairs under ``policy``.
+    """The second half of ``clip_and_apply``, for gradients you already have.
+
+    For code that computes its gradients itself: accumulated over micro-batches, all-reduced by
+    Horovod, edited by hand. Same semantics as ``clip_and_apply``: the finite check on the raw
+    gradients (summed across replicas first under tf.distribute), clipping value -> per-variable
+    norm -> global norm, ``on_nonfinite`` raise / skip / ignore, ``global_step`` advanced only by
+    applied updates, the same counters (``safegrad.step_state(optimizer)``) and errors.
 
     Args:
-      adapter: the ``OptimizerAdapter`` of the optimizer that applies the update.
-      grads_and_vars: (gradient, variable) pairs; None gradients are left out.
-      policy: the ``StepPolicy``.
-      global_step: optional integer variable advanced once per applied update.
-      name: optional name of the update ops.
-      state_owner: the object whose ``StepState`` is updated: the optimizer (default), or the
-        ``SafeOptimizer`` wrapping it.
-      aggregated: the gradients are already summed across replicas; nobody may sum them again.
-      name_scope: the caller's name scope, where the optimizer's own variables are created (as
-        without safegrad); default: the current one.
+      optimizer: a ``tf.compat.v1.train.Optimizer`` or a ``tf.keras`` optimizer (TF2).
+      grads_and_vars: (gradient, variable) pairs; None gradients are left out, their variables
+        left alone. Each variable at most once.
+      clip_norm, per_variable_clip_norm, clip_value, on_nonfinite, max_consecutive_skips,
+        tf_compatible_norm, global_step, name: as in ``clip_and_apply``.
 
     Returns:
-      What ``clip_and_apply`` returns.
+      In a graph: the train op. Eagerly or in ``tf.function``: a bool scalar tensor, True when
+      the update was applied (with every optimizer API, Keras 2 and 3 included).
+
+    Raises:
+      ValueError / TypeError: at call time, for invalid arguments or when every gradient is None.
+      tf.errors.InvalidArgumentError: when a step has non-finite gradients and the policy says
+        raise.
+
+    Example:
+      >>> grads = [tf.zeros_like(v) for v in variables]
+      >>> for micro_batch in micro_batches:  # accumulate, then one checked and clipped update
+      ...   with tf.GradientTape() as tape:
+      ...     loss = loss_fn(micro_batch) / len(micro_batches)
+      ...   grads = [a + g for a, g in zip(grads, tape.gradient(loss, variables))]
+      >>> applied = safegrad.apply_gradients(optimizer, zip(grads, variables), clip_norm=1.0,
+      ...                                    on_nonfinite="skip")
     """
-    form = GradientList.parse(grads_and_vars, "grads_and_vars")
-    if form.variables is None:
-        raise TypeError(
-            "`grads_and_vars` must be a list of (gradient, variable) pairs. Received: "
-            "grads_and_vars={!r}".format(grads_and_vars)
-        )
-    _validate.distinct_variables(form.variables, "grads_and_vars")
-    present = form.present
-    if not present:
-        raise _no_gradients_error(form)
-    if policy.on_nonfinite == "raise":
-        check_no_xla("on_nonfinite='raise'")
-    if policy.max_consecutive_skips is not None:
-        check_no_xla("max_consecutive_skips")
-    if name_scope is None:
-        name_scope = current_name_scope()
-    train_ops_before = list(tf1.get_collection(tf1.GraphKeys.TRAIN_OP)) if building_v1_graph() else None
-    gradients = [form.gradients[i] for i in present]
-    variables = [form.variables[i] for i in present]
-    state = step_state(state_owner if state_owner is not None else adapter.optimizer)
-    # Under XLA (skip/ignore only) there are no string ops: the report naming variables is not
-    # built, since nothing would show it.
-    checking = policy.on_nonfinite != "ignore" and not in_xla_context()
-
-    # Under tf.distribute (inside strategy.run) everything below works on the SUM over replicas:
-    # every replica then holds the same gradients, computes the same norm and takes the same
-    # decision, and applies what one device with the global batch would.
-    replica = _distribute.replica_context()
-    if replica is not None and not aggregated:
-        gradients = _distribute.all_reduce_sum(replica, gradients)
-        aggregated = True
-
-    values = [dense_equivalent_values(g, policy.tf_compatible_norm) for g in gradients]
-    raw = inspect_gradients(
-        values,
-        names=form.names(present) if checking else None,
-        per_gradient=policy.per_variable_clip_norm is not None and policy.clip_value is None,
-        per_gradient_bound=policy.per_variable_clip_norm,
+    policy = StepPolicy.from_arguments(locals())
+    refuse_wrapper(
+        optimizer,
+        "call its apply_gradients(), or pass its `inner_optimizer` to safegrad.apply_gradients",
     )
-    # (Folding the scale into the learning rate rounds differently from scaling the gradients.)
-    fold = policy.clip_norm is not None and adapter.can_fold_clip_scale() and not policy.tf_compatible_norm
-    clipped, was_clipped, scale = clip_for_policy(gradients, values, raw, policy, fold_global_scale=fold)
-    if replica is not None and adapter.sums_replicas_itself:
-        # The optimizer sums the replicas' gradients again, whatever it is given: replica 0 gives
-        # the (already summed) gradients, the others zeros, so the sum is exact.
-        clipped = [_distribute.first_replica_only(replica, g) for g in clipped]
-
-    def apply_update(grads, global_norm, clipped_flag, folded_scale):
-        target = adapter.with_clip_scale_folded(folded_scale) if fold else adapter
-        deps = target.apply(zip(grads, variables), global_step, name, aggregated=aggregated)
-        # The statistics need only the norm: recorded beside the update, not after it, so they
-        # stay off the step's critical path (raise mode: both wait for the check).
-        recorded = state.record_applied(
-            global_norm, clipped_flag, reset_streak=policy.on_nonfinite == "skip"
+    adapter = adapter_for(optimizer)
+    adapter.require_supported_context()
+    global_step = _validate.global_step(global_step)
+    name = _validate.name(name)
+    outer_scope = current_name_scope()
+    with tf.name_scope(name or "safegrad"):
+        return apply_gradients_safely(
+            adapter, grads_and_vars, policy, global_step=global_step, name=name, name_scope=outer_scope
         )
-        with tf.control_dependencies(deps + recorded):
-            return tf.identity(tf.constant(True))
-
-    def skip_update(global_norm, report):
-        checks = []
-        if policy.max_consecutive_skips is not None:
-            limit = policy.max_consecutive_skips
-            streak = state.consecutive_skips + 1
-            suffix = tf.strings.join(
-                [
-                    "; ",
-                    tf.strings.as_string(streak),
-                    " non-finite steps in a row, more than max_consecutive_skips={}".format(limit),
-                ]
-            )
-            check = fail_unless(streak <= limit, failure_message(report, suffix=suffix))
-            checks = [check] if check is not None else []
-        with tf.control_dependencies(checks):
-            recorded = state.record_skipped(global_norm)
-        with tf.control_dependencies(checks + recorded):
-            return tf.identity(tf.constant(False))
-
-    # Every optimizer variable must exist before the cond (none may be born in a branch), with
-    # the names it has without safegrad.
-    adapter.prepare(form.rebuild(form.gradients), name_scope)
-    step = (clipped, raw.global_norm, was_clipped, scale)
-    if policy.on_nonfinite == "ignore":
-        applied = apply_update(*step)
-    elif policy.on_nonfinite == "raise":
-        # Every replica evaluates the same assertion on the same summed gradients: all fail
-        # together, before any update (no decision to share, no cond around merge_call).
-        check = fail_unless(raw.all_finite, failure_message(raw.report))
-        with tf.control_dependencies([check] if check is not None else []):
-            applied = apply_update(*step)
-    else:
-        _refuse_ref_variables_in_a_v2_cond(variables)
-        if replica is None:
-            applied = tf.cond(
-                raw.all_finite,
-                lambda: apply_update(*step),
-                lambda: skip_update(raw.global_norm, raw.report),
-            )
-        else:
-            # Optimizers update mirrored variables through merge_call, which TF forbids inside a
-            # cond in replica context: the one decision is taken in cross-replica context.
-            applied = _distribute.decide_across_replicas(
-                replica, raw.all_finite, apply_update, step, skip_update, (raw.global_norm, raw.report)
-            )
-
-    if not building_v1_graph():
-        return applied
-    train_op = tf.group(applied, name=name or "safegrad_step")
-    record_step_outputs(train_op, (raw.global_norm, applied, tf.logical_and(applied, was_clipped)))
-    # The op to run is this one, not the optimizer's own update inside the cond (which
-    # `apply_gradients` listed and which cannot be fetched): code that takes its train op from
-    # the collection (e.g. after import_meta_graph) runs the whole safe step.
-    tf1.get_collection_ref(tf1.GraphKeys.TRAIN_OP)[:] = train_ops_before + [train_op]
-    return train_op

@@ -89,6 +89,16 @@ def raise_invalid_argument(message):
     raise tf.errors.InvalidArgumentError(None, None, message)
 
 
+def as_operation(step_result):
+    """What v1 and Keras OptimizerV2 ``apply_gradients`` return: an Operation in a graph or a
+    ``tf.function``, None eagerly."""
+    if executing_eagerly():
+        return None
+    if isinstance(step_result, tf1.Operation):
+        return step_result
+    return tf.group(step_result)
+
+
 def as_control_input(value):
     """``value`` if it can be a control dependency (an op or tensor), else None.
 

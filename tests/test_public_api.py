@@ -21,6 +21,7 @@ EXPECTED = [
     "StepState",
     "StepStatsCallback",
     "__version__",
+    "apply_gradients",
     "assert_finite",
     "clip_and_apply",
     "clip_by_global_norm",
@@ -74,6 +75,16 @@ def test_signature_of_clip_and_apply_is_pinned():
     assert params["on_nonfinite"].default == "raise"
 
 
+def test_signature_of_apply_gradients_is_pinned():
+    params = inspect.signature(safegrad.apply_gradients).parameters
+    assert list(params) == [
+        "optimizer", "grads_and_vars", "clip_norm", "per_variable_clip_norm", "clip_value",
+        "on_nonfinite", "max_consecutive_skips", "tf_compatible_norm", "global_step", "name",
+    ]
+    keyword_only = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert keyword_only == list(params)[2:]
+
+
 def _policy_parameters(function):
     """(name, default) of the policy arguments in a public signature, in order."""
     fields = StepPolicy._fields
@@ -82,7 +93,7 @@ def _policy_parameters(function):
 
 
 def _public_constructors():
-    found = [safegrad.clip_and_apply, safegrad.SafeOptimizer]
+    found = [safegrad.clip_and_apply, safegrad.apply_gradients, safegrad.SafeOptimizer]
     if TF2:
         found.append(type(safegrad.SafeOptimizer(tf.keras.optimizers.SGD(0.1))))
     return found
@@ -106,6 +117,7 @@ def _calls(w):
         "clip_per_variable": lambda: safegrad.clip_per_variable([g], clip_norm=1.0)[0],
         "assert_finite": lambda: safegrad.assert_finite([(g, w)]),
         "clip_and_apply": lambda: safegrad.clip_and_apply(opt, lambda: tf.reduce_sum(w * w), [w], clip_norm=1.0),
+        "apply_gradients": lambda: safegrad.apply_gradients(opt, [(g, w)], clip_norm=1.0),
         "step_state": lambda: safegrad.step_state(opt).total_skips.read_value(),
         "SafeOptimizer": lambda: safe.minimize(lambda: tf.reduce_sum(w * w), var_list=[w]),
     }
