@@ -2,7 +2,7 @@
 
 Adding safegrad to a TF1 graph renames no variable, but it adds its counters
 (``safegrad_state/<optimizer>/...``); a plain ``tf.compat.v1.train.Saver`` then refuses a
-checkpoint written before ("Key safegrad_state/Adam/total_skips not found in checkpoint"). This
+checkpoint written before ("Key safegrad_state/Adam/... not found in checkpoint"). This
 Saver restores everything such a checkpoint has and starts the missing counters at zero; it
 saves everything, counters included, like the plain one. (A checkpoint written WITH safegrad
 restores into code without it: a plain Saver ignores the extra counters.)
@@ -20,7 +20,8 @@ class Saver(tf1.train.Saver):
     else is restored and that state's counters start at zero. Create it after the training step
     (like any Saver, it saves the variables that exist then) and use it wherever a Saver goes:
     directly, in ``tf.compat.v1.train.Scaffold(saver=safegrad.Saver())`` for
-    ``MonitoredTrainingSession``, or in an Estimator's ``EstimatorSpec(scaffold=...)``.
+    ``MonitoredTrainingSession``, as ``tf.compat.v1.train.Supervisor(saver=safegrad.Saver())``, or
+    in an Estimator's ``EstimatorSpec(scaffold=...)``.
 
     Example:
       >>> train_op = safegrad.clip_and_apply(optimizer, loss, clip_norm=5.0, on_nonfinite="skip")

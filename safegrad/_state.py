@@ -206,10 +206,20 @@ def find_step_state(scope=None, graph=None):
     graph = graph if graph is not None else tf1.get_default_graph()
     scopes = [_as_text(s) for s in graph.get_collection(STATE_COLLECTION)]
     matching = [s for s in scopes if scope is None or s == scope]
+    if not scopes:
+        raise ValueError(
+            "The graph has no safegrad state: no clip_and_apply / SafeOptimizer step was built in it "
+            "(or its meta graph was not imported)."
+        )
+    if scope is None and len(matching) > 1:
+        raise ValueError(
+            "The graph has several safegrad states, one per optimizer: {}. Pass scope= to choose "
+            "one.".format(scopes)
+        )
     if len(matching) != 1:
         raise ValueError(
             "`scope` must name one of the graph's safegrad states: {}. Received: scope={!r}".format(
-                scopes or "none (no clip_and_apply / SafeOptimizer step was built in it)", scope
+                scopes, scope
             )
         )
     by_name = {v.op.name: v for v in graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)}

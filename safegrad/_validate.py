@@ -227,9 +227,12 @@ def loss_and_tape(loss, tape):
             )
         return
     if not isinstance(loss, (tf.Tensor, tf.Variable)):
+        hint = ""
+        if isinstance(loss, (list, tuple)):
+            hint = " (for gradients you already have, use safegrad.apply_gradients)"
         raise TypeError(
-            "`loss` must be a scalar tensor or a zero-argument callable returning one. Received: "
-            "loss={}".format(_describe(loss))
+            "`loss` must be a scalar tensor or a zero-argument callable returning one{}. Received: "
+            "loss={}".format(hint, _describe(loss))
         )
     if tape is not None and not isinstance(tape, tf.GradientTape):
         raise TypeError(

@@ -132,16 +132,18 @@ def test_meta_graph_round_trip_finds_the_train_op_state_and_outputs(tmp_path):
 def test_find_step_state_says_what_the_graph_has():
     model = Model()
     with model.graph.as_default():
-        with pytest.raises(ValueError, match=r"none \(no clip_and_apply / SafeOptimizer step was built in it\)"):
+        with pytest.raises(ValueError, match=r"The graph has no safegrad state: no clip_and_apply"):
             safegrad.find_step_state()
     build(model, "v1-adam", "clip_and_apply")
     build(model, "v1-momentum", "SafeOptimizer")
     with model.graph.as_default():
         with pytest.raises(ValueError, match=re.escape(
-            "`scope` must name one of the graph's safegrad states: ['safegrad_state/Adam', "
-            "'safegrad_state/SafeMomentum']. Received: scope=None"
+            "The graph has several safegrad states, one per optimizer: ['safegrad_state/Adam', "
+            "'safegrad_state/SafeMomentum']. Pass scope= to choose one."
         )):
             safegrad.find_step_state()
+        with pytest.raises(ValueError, match=re.escape("Received: scope='Adam'")):
+            safegrad.find_step_state("Adam")
         assert safegrad.find_step_state("safegrad_state/SafeMomentum").scope == "safegrad_state/SafeMomentum"
 
 
@@ -213,6 +215,24 @@ def test_monitored_training_session_resumes_a_checkpoint_written_before_safegrad
     assert (skips, steps, global_step) == (1, 2, 3)
     (skips, steps, global_step), _ = _monitored_steps(str(tmp_path), [{}], saver=safegrad.Saver)
     assert (skips, steps, global_step) == (1, 3, 4)  # now the checkpoints carry the counters
+
+
+def test_supervisor_resumes_a_checkpoint_written_before_safegrad(tmp_path):
+    # tf.train.Supervisor: what the PTB model's main() uses.
+    w_before = _plain_checkpoint(os.path.join(str(tmp_path), "model.ckpt-2"))
+    with open(os.path.join(str(tmp_path), "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "model.ckpt-2"\n')
+    model = Model()
+    train_op, optimizer = build(model, "v1-adam", "clip_and_apply", on_nonfinite="skip")
+    with model.graph.as_default():
+        state = safegrad.step_state(optimizer)
+        supervisor = tf1.train.Supervisor(logdir=str(tmp_path), saver=safegrad.Saver(), save_model_secs=0,
+                                          save_summaries_secs=0)
+        with supervisor.managed_session() as sess:
+            np.testing.assert_array_equal(sess.run(model.w), w_before)
+            assert sess.run([state.total_skips, model.global_step]) == [0, 2]
+            sess.run(train_op, model.feed())
+            assert sess.run([state.steps, model.global_step]) == [1, 3]
 
 
 def test_rollback_a_checkpoint_written_with_safegrad_restores_without_it(tmp_path):

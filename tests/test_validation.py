@@ -77,6 +77,7 @@ def test_bad_loss_var_list_global_step(setup):
     optimizer, loss, w = setup
     cases = [
         (TypeError, "`loss` must be a scalar tensor or a zero-argument callable", lambda: safegrad.clip_and_apply(optimizer, 3.0, [w])),
+        (TypeError, "(for gradients you already have, use safegrad.apply_gradients)", lambda: safegrad.clip_and_apply(optimizer, [loss], [w])),
         (ValueError, "`var_list` must not be empty. Received: var_list=[]", lambda: safegrad.clip_and_apply(optimizer, loss, [])),
         (TypeError, "`var_list[1]` must be a variable. Received: var_list[1]='b'", lambda: safegrad.clip_and_apply(optimizer, loss, [w, "b"])),
         (TypeError, "`var_list` must be a list of variables", lambda: safegrad.clip_and_apply(optimizer, loss, w)),
