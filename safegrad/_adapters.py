@@ -5,8 +5,9 @@ the optimizer APIs - TF1's ``tf.compat.v1.train.Optimizer``, Keras 2's ``Optimiz
 Keras 2.11+ ``Optimizer`` and Keras 3's ``Optimizer`` - is answered by an adapter: how gradients
 are computed, which optimizer variables must exist before the apply/skip ``tf.cond``, how to
 apply without summing replicas a second time, whether the optimizer sums replicas whatever it is
-told, whether it runs in a TF1 graph, and how messages name it. Another API (a loss-scale
-optimizer, say) is one more subclass listed in ``ADAPTERS``.
+told, whether it runs in a TF1 graph, and how messages name it (the base class is in
+``_adapter_base``). The loss-scale optimizers of each API are adapters too (``_loss_scale``);
+another API is one more subclass listed in ``ADAPTERS``.
 
 Example:
   >>> adapter = adapter_for(tf.compat.v1.train.AdamOptimizer(1e-3))
@@ -15,86 +16,10 @@ Example:
 """
 
 from safegrad import _keras_compat
-from safegrad._gradients import called_in_v1_graph, gradients_of
-from safegrad._tf import TF_VERSION_STRING, as_control_input, in_name_scope, outer_context_key, tf, tf1
-
-
-class OptimizerAdapter:
-    """How safegrad drives one optimizer API. Subclasses override what their API does differently.
-
-    Attributes:
-      api: how messages name the API, e.g. "Keras 3 optimizer".
-      is_keras: whether ``SafeOptimizer`` must return a Keras optimizer for it (``compile``).
-      sums_replicas_itself: whether its ``apply_gradients`` sums gradients across replicas even
-        when they were summed already (then replica 0 passes the sums, the others zeros).
-    """
-
-    api = "optimizer"
-    is_keras = False
-    sums_replicas_itself = False
-
-    def __init__(self, optimizer):
-        self.optimizer = optimizer
-
-    @classmethod
-    def speaks(cls, optimizer_class):
-        """Whether instances of ``optimizer_class`` have this API (feature detection)."""
-        raise NotImplementedError
-
-    def graph_mode_unsupported(self):
-        """Why this API cannot build a TF1-style graph step, or None if it can."""
-        return None
-
-    def require_supported_context(self):
-        """ValueError naming `optimizer` when it cannot run where the step is being built."""
-        reason = self.graph_mode_unsupported()
-        if reason is not None and outer_context_key() is not None:
-            raise ValueError("`optimizer` is a {}: {}".format(self.api, reason))
-
-    def compute_gradients(self, loss, var_list, tape, options=None):
-        """(gradient, variable) pairs of ``loss`` (see ``_gradients.gradients_of``)."""
-        return gradients_of(loss, var_list, tape, options)
-
-    def prepare(self, grads_and_vars, name_scope):
-        """Creates the optimizer's variables for ``grads_and_vars`` now, outside any tf.cond, with
-        the names the optimizer alone would give them when called in ``name_scope`` (the
-        caller's name scope, "" for the root). A skipped step must leave every optimizer
-        variable untouched, so none may be born in a branch; and adding safegrad must rename
-        none (checkpoints written before keep restoring)."""
-
-    def apply(self, grads_and_vars, global_step=None, name=None, aggregated=False):
-        """Applies ``grads_and_vars`` (no None gradients) and advances ``global_step`` by one.
-
-        ``aggregated``: the gradients are already summed across replicas; the optimizer must not
-        sum them again. Returns the control inputs that complete the update (may be empty).
-        """
-        result = self.apply_gradients(list(grads_and_vars), name, aggregated)
-        deps = [d for d in [as_control_input(result)] if d is not None]
-        if global_step is None:
-            return deps
-        with tf.control_dependencies(deps):
-            increment = as_control_input(global_step.assign_add(1, read_value=False))
-        return deps + ([increment] if increment is not None else [])
-
-    def apply_gradients(self, grads_and_vars, name, aggregated):
-        """The optimizer's own ``apply_gradients``, spelled for its API."""
-        raise NotImplementedError
-
-    def aggregate(self, grads_and_vars, requested):
-        """Sums gradients across replicas the way the optimizer itself would, when a caller asks a
-        wrapper for it (``requested``). Returns ``(pairs, aggregated)``; ``aggregated=False``
-        leaves the sum to the step (``_distribute.all_reduce_sum``)."""
-        return grads_and_vars, False
-
-    def can_fold_clip_scale(self):
-        """Whether the global clip scale can go into the update instead of into every gradient
-        (then safegrad writes no scaled copy of the gradients)."""
-        return False
-
-    def with_clip_scale_folded(self, scale):
-        """An adapter whose update equals this one's on gradients scaled by ``scale``."""
-        raise NotImplementedError
-
+from safegrad._adapter_base import OptimizerAdapter
+from safegrad._gradients import called_in_v1_graph
+from safegrad._loss_scale import Keras2LossScaleAdapter, Keras3LossScaleAdapter, V1LossScaleAdapter
+from safegrad._tf import TF_VERSION_STRING, as_control_input, in_name_scope, tf, tf1
 
 class V1OptimizerAdapter(OptimizerAdapter):
     """``tf.compat.v1.train.Optimizer``: every TF, in graphs, tf.function and eagerly."""
@@ -261,8 +186,12 @@ class Keras2OptimizerAdapter(OptimizerAdapter):
         return grads_and_vars, True
 
 
-# Tried in this order: Keras 3 before the Keras 2.11+ optimizer, whose methods it also has.
-ADAPTERS = (V1OptimizerAdapter, Keras3OptimizerAdapter, KerasOptimizerV2Adapter, Keras2OptimizerAdapter)
+# Tried in this order: a loss-scale optimizer is also an optimizer of its API, so they come
+# first; Keras 3 before the Keras 2.11+ optimizer, whose methods it also has.
+ADAPTERS = (
+    V1LossScaleAdapter, Keras3LossScaleAdapter, Keras2LossScaleAdapter,
+    V1OptimizerAdapter, Keras3OptimizerAdapter, KerasOptimizerV2Adapter, Keras2OptimizerAdapter,
+)
 
 
 def adapter_class_for(optimizer_class):
@@ -287,7 +216,7 @@ def adapter_for(optimizer):
     """The adapter driving ``optimizer``; TypeError naming `optimizer` if nothing drives it."""
     adapter = adapter_class_for(type(optimizer))
     if adapter is not None:
-        return adapter(optimizer)
+        return adapter.build(optimizer, adapter_for)
     if _keras_compat.is_unsupported_keras_optimizer(optimizer):
         raise TypeError(
             "`optimizer` is a Keras OptimizerV2 of TensorFlow 1.x (tf.keras.optimizers), which "

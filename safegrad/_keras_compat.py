@@ -57,18 +57,43 @@ def is_unsupported_keras_optimizer(optimizer):
     )
 
 
-def optimizer_base(optimizer):
-    """The Keras base class of ``optimizer``: the class a wrapper of it must subclass.
+def optimizer_base(optimizer_class):
+    """The Keras optimizer API base class of ``optimizer_class`` (itself included), e.g. what a
+    wrapper of its instances must subclass.
 
-    Found in the optimizer's own MRO, so it is right for TF 2.4's bundled Keras (``OptimizerV2``),
+    Found in the class's own MRO, so it is right for TF 2.4's bundled Keras (``OptimizerV2``),
     Keras 2.11-2.15 and tf-keras (``Optimizer`` or ``legacy``/``OptimizerV2``) and Keras 3.
     """
-    for cls in type(optimizer).__mro__[1:]:
+    for cls in optimizer_class.__mro__:
         if cls.__name__ in ("Optimizer", "OptimizerV2") and cls.__module__.split(".")[0] in (
             "keras", "tf_keras", "tensorflow"
         ):
             return cls
-    raise TypeError("not a Keras optimizer: {!r}".format(optimizer))
+    raise TypeError("not a Keras optimizer class: {!r}".format(optimizer_class))
+
+
+def loss_scale_optimizer_classes():
+    """The installed Keras's LossScaleOptimizer classes. Keras 3 and TF 2.4-2.10: the public
+    ``mixed_precision.LossScaleOptimizer`` (``optimizers.`` in Keras 3). Keras 2.11-2.15 and
+    tf-keras: the public name is a factory (a metaclass) making ``LossScaleOptimizer`` (for
+    OptimizerV2) or ``LossScaleOptimizerV3``, both in its module. TF 1.x: none."""
+    if TF_VERSION < (2, 0):
+        return []
+    public = getattr(keras().optimizers, "LossScaleOptimizer", None)
+    public = public or getattr(getattr(keras(), "mixed_precision", None), "LossScaleOptimizer", None)
+    if public is None:
+        return []
+    module = sys.modules.get(public.__module__)
+    found = [getattr(module, name, None) for name in ("LossScaleOptimizer", "LossScaleOptimizerV3")] + [public]
+    classes = []
+    for cls in found:
+        if isinstance(cls, type) and callable(getattr(cls, "apply_gradients", None)) and cls not in classes:
+            try:
+                optimizer_base(cls)
+            except TypeError:  # the 2.11+ factory, not an optimizer class
+                continue
+            classes.append(cls)
+    return classes
 
 
 def delegating_trackable_mixin():

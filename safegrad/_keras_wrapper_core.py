@@ -2,7 +2,10 @@
 ``BaseLossScaleOptimizer`` does): construction and validation, the step, the migration helpers
 (``compute_gradients``, ``minimize``), weights and the Keras config.
 
-The per-API classes that mix it into a Keras optimizer base class are in ``_keras_wrappers``.
+Also the pieces of those classes that depend on no Keras generation: ``LossScaleSurface`` (the
+public API of a LossScaleOptimizer, on a wrapper of one), the refusal to be wrapped by one
+(``INSIDE_A_LOSS_SCALE_OPTIMIZER``), and how a wrapper class's bases are chosen. The per-API
+classes that mix them into a Keras optimizer class are in ``_keras_wrappers``.
 """
 
 from safegrad import _keras_compat
@@ -47,7 +50,8 @@ class KerasWrapperCore(WrapperSurface):
         policy = StepPolicy.from_arguments(locals())
         adapter = adapter_for(inner_optimizer)
         adapter.require_supported_context()
-        _refuse_own_clipping(inner_optimizer)
+        adapter.check_policy(policy)
+        _refuse_own_clipping(inner_optimizer, adapter)
         validate_name(name)
         self._safegrad_init_base(inner_optimizer, name)
         self._safegrad_wrap(adapter, policy)
@@ -99,11 +103,13 @@ class KerasWrapperCore(WrapperSurface):
         Returns:
           A bool tensor (eagerly / in tf.function): True when the update was applied.
         """
-        return self._safegrad_apply(self.compute_gradients(loss, var_list, tape))
+        return self._safegrad_apply(self.compute_gradients(loss, var_list, tape), gradients_scaled=False)
 
-    def _safegrad_apply(self, grads_and_vars, name=None, aggregate=True):
+    def _safegrad_apply(self, grads_and_vars, name=None, aggregate=True, gradients_scaled=None):
         """Sums across replicas the way the wrapped optimizer would (if asked; a no-op without a
         strategy), then checks, clips and applies through it without summing a second time.
+        ``gradients_scaled``: see ``apply_gradients_safely`` (default: as the wrapped optimizer's
+        ``apply_gradients`` takes them).
 
         Returns a bool tensor: True when the update was applied."""
         self._safegrad_adapter.require_supported_context()
@@ -115,7 +121,7 @@ class KerasWrapperCore(WrapperSurface):
             present, aggregated = self._safegrad_adapter.aggregate(present, aggregate)
         return apply_gradients_safely(
             self._safegrad_adapter, list(present) + absent, self._safegrad_policy, name=name,
-            state_owner=self, aggregated=aggregated,
+            state_owner=self, aggregated=aggregated, gradients_scaled=gradients_scaled,
         )
 
     def _safegrad_set_weights(self, values, inner_count, set_inner):
@@ -123,12 +129,12 @@ class KerasWrapperCore(WrapperSurface):
         them (a file saved from an unwrapped optimizer has only the first part)."""
         values = list(values)
         state = self.step_state.all_variables
-        if len(values) not in (inner_count, inner_count + len(state)):
+        # Files from safegrad 0.1 have 8 counters (before overflow_skips): the rest start at 0.
+        counts = sorted({inner_count, inner_count + 8, inner_count + len(state)})
+        if len(values) not in counts:
             raise ValueError(
-                "Optimizer weights do not match: expected {} (the wrapped optimizer's) or {} (with "
-                "safegrad's counters) values. Received: {} values".format(
-                    inner_count, inner_count + len(state), len(values)
-                )
+                "Optimizer weights do not match: expected {} values (the wrapped optimizer's, then "
+                "safegrad's counters). Received: {} values".format(" or ".join(map(str, counts)), len(values))
             )
         set_inner(values[:inner_count])
         for variable, value in zip(state, values[inner_count:]):
@@ -173,20 +179,110 @@ def _config_value(value, name):
     return _RUNTIME_TENSOR if static is None else float(static)
 
 
-def _refuse_own_clipping(inner):
+def _refuse_own_clipping(optimizer, adapter):
+    """ValueError if the wrapped optimizer (or, for a loss-scale optimizer, its inner one)
+    clips or accumulates gradients by itself: safegrad would check and clip something else than
+    what is applied."""
     found = {}
-    for argument in KERAS_CLIPPING_ARGUMENTS:
-        try:
-            value = getattr(inner, argument, None)
-        except (AttributeError, ValueError):
-            value = None
-        if value is not None:
-            found[argument] = value
+    inner = adapter.loss_scaling().inner_optimizer() if adapter.loss_scaling() is not None else None
+    for candidate in [optimizer] + ([inner] if inner is not None else []):
+        for argument in KERAS_CLIPPING_ARGUMENTS + ("gradient_accumulation_steps",):
+            try:
+                value = getattr(candidate, argument, None)
+            except (AttributeError, ValueError):
+                value = None
+            if value is not None:
+                found[argument] = value
+    accumulation = found.pop("gradient_accumulation_steps", None)
+    if accumulation is not None:
+        raise ValueError(
+            "`optimizer` accumulates gradients by itself (gradient_accumulation_steps={0}): "
+            "safegrad would check and clip each micro-batch, not the accumulated update. Create "
+            "the optimizer without it, accumulate in your training loop and call "
+            "safegrad.apply_gradients(optimizer, accumulated_grads_and_vars, ...) once per update. "
+            "Received: gradient_accumulation_steps={0}".format(accumulation)
+        )
     if found:
         received = ", ".join("{}={!r}".format(k, v) for k, v in sorted(found.items()))
         raise ValueError(
             "`optimizer` clips gradients by itself ({0}). With safegrad, clipping happens in one "
             "place, after the finite check and after cross-replica aggregation: create the "
             "optimizer without it and pass clip_norm= / per_variable_clip_norm= / clip_value= to "
-            "SafeOptimizer. Received: optimizer={1} with {0}".format(received, type(inner).__name__)
+            "SafeOptimizer. Received: optimizer={1} with {0}".format(received, type(optimizer).__name__)
         )
+
+
+# Said when a LossScaleOptimizer wraps a SafeOptimizer (what Keras's compile() does under the
+# "mixed_float16" policy to any optimizer that is not a LossScaleOptimizer).
+INSIDE_A_LOSS_SCALE_OPTIMIZER = (
+    "a safegrad.SafeOptimizer must wrap the loss scaling, not be wrapped by it: inside a "
+    "LossScaleOptimizer (written out, or made by compile() under the 'mixed_float16' policy) "
+    "safegrad would never see an overflowing step (no count, no raise when the scale cannot go "
+    "lower). Wrap the other way round, and compile with that: "
+    "safegrad.SafeOptimizer(LossScaleOptimizer(optimizer), ...) is itself a LossScaleOptimizer, "
+    "so compile() keeps it as it is."
+)
+
+
+class LossScaleSurface:
+    """The public API of a LossScaleOptimizer, on a SafeOptimizer wrapping one: the wrapped
+    loss-scale optimizer's (custom loops call ``get_scaled_loss``/``scale_loss`` etc. on it)."""
+
+    def get_scaled_loss(self, loss):  # Keras 2
+        return self._safegrad_inner.get_scaled_loss(loss)
+
+    def get_unscaled_gradients(self, grads):  # Keras 2
+        return self._safegrad_inner.get_unscaled_gradients(grads)
+
+    @property
+    def loss_scale(self):  # Keras 2
+        return self._safegrad_inner.loss_scale
+
+    @property
+    def dynamic(self):  # Keras 2
+        return self._safegrad_inner.dynamic
+
+    @property
+    def dynamic_counter(self):  # Keras 2
+        return self._safegrad_inner.dynamic_counter
+
+    @property
+    def initial_scale(self):
+        return self._safegrad_inner.initial_scale
+
+    @property
+    def dynamic_growth_steps(self):
+        return self._safegrad_inner.dynamic_growth_steps
+
+    @property
+    def dynamic_scale(self):  # Keras 3
+        return self._safegrad_inner.dynamic_scale
+
+    @property
+    def step_counter(self):  # Keras 3
+        return self._safegrad_inner.step_counter
+
+
+def bases_of_wrapper(base, loss_scale, delegating=None):
+    """The bases of a wrapper class: the core, the loss-scale surface if ``base`` is a
+    LossScaleOptimizer class, the delegating mixin (Keras 2) unless ``base`` has it already."""
+    bases = [KerasWrapperCore] + ([LossScaleSurface] if loss_scale else []) + [base]
+    if delegating is not None and not issubclass(base, delegating):
+        bases.insert(0, delegating)
+    return tuple(bases)
+
+
+def inner_name(inner):
+    """The wrapped optimizer's name (a Keras 2 LossScaleOptimizer has none of its own: its inner
+    optimizer's, as its checkpoints use)."""
+    for candidate in (inner, getattr(inner, "inner_optimizer", None)):
+        for attribute in ("name", "_name"):
+            value = getattr(candidate, attribute, None)
+            if isinstance(value, str) and value:
+                return value
+    return type(inner).__name__
+
+
+def hyper_owner(inner):
+    """The OptimizerV2 holding the hyperparameters: ``inner``, or a LossScaleOptimizer's inner."""
+    return getattr(inner, "inner_optimizer", inner) if inner is not None else None

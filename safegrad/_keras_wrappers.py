@@ -27,22 +27,43 @@ from safegrad._adapters import (
     KerasOptimizerV2Adapter,
     adapter_class_for,
 )
-from safegrad._keras_wrapper_core import KerasWrapperCore
+from safegrad._keras_wrapper_core import (
+    INSIDE_A_LOSS_SCALE_OPTIMIZER,
+    KerasWrapperCore,
+    bases_of_wrapper,
+    hyper_owner,
+    inner_name,
+)
+from safegrad._loss_scale import LossScaleAdapter
 from safegrad._tf import as_operation, tf
 
 _CLASSES = {}
 
-
 def wrapper_class(optimizer):
-    """The (registered) wrapper class for Keras ``optimizer``'s base class."""
-    return class_for_base(_keras_compat.optimizer_base(optimizer))
+    """The (registered) wrapper class for Keras ``optimizer``: built on its LossScaleOptimizer
+    class if it is one (so that the wrapper is a LossScaleOptimizer too), else on its API's base."""
+    return class_for_base(_loss_scale_class(type(optimizer)) or _keras_compat.optimizer_base(type(optimizer)))
+
+
+def _loss_scale_class(optimizer_class):
+    """The LossScaleOptimizer class in ``optimizer_class``'s MRO (the one defining its API)."""
+    for cls in reversed(optimizer_class.__mro__):
+        adapter = adapter_class_for(cls) if callable(getattr(cls, "apply_gradients", None)) else None
+        if adapter is not None and issubclass(adapter, LossScaleAdapter):
+            return cls
+    return None
 
 
 def class_for_base(base):
-    """The wrapper class for Keras optimizer base class ``base``; built and registered once."""
+    """The wrapper class for Keras optimizer class ``base`` (an API base class, or a
+    LossScaleOptimizer class); built and registered once."""
     if base not in _CLASSES:
-        build, registered_name = _BUILDERS[adapter_class_for(base)]
-        cls = build(base)
+        loss_scale = _loss_scale_class(base) is not None
+        build, registered_name = _BUILDERS[adapter_class_for(_keras_compat.optimizer_base(base))]
+        cls = build(base, loss_scale)
+        if loss_scale:
+            registered_name = registered_name.replace("SafeOptimizer", "SafeLossScaleOptimizer")
+            cls.__name__ = registered_name
         cls.__module__ = __name__
         cls.__qualname__ = cls.__name__
         _CLASSES[base] = _keras_compat.register_serializable(cls, registered_name)
@@ -54,19 +75,31 @@ def register_with_keras():
     ``custom_objects``; run by ``import safegrad`` (or right after Keras is imported)."""
     for base, _ in _keras_compat.optimizer_base_classes():
         class_for_base(base)
+    for base in _keras_compat.loss_scale_optimizer_classes():
+        class_for_base(base)
 
 
-def _keras3_class(base):
-    class SafeOptimizer(KerasWrapperCore, base):
+def _keras3_class(base, loss_scale):
+    api_base = _keras_compat.optimizer_base(base)  # (a LossScaleOptimizer's __init__ is not run)
+
+    class SafeOptimizer(*bases_of_wrapper(base, loss_scale)):
         """A Keras 3 optimizer that checks, clips and applies like ``safegrad.clip_and_apply``."""
 
         def _safegrad_init_base(self, inner, name):
-            base.__init__(self, learning_rate=0.0, name=name or "safe_" + inner.name)
+            api_base.__init__(self, learning_rate=0.0, name=name or "safe_" + inner_name(inner))
+
+        # A LossScaleOptimizer wrapping this one sets its inner optimizer's loss_scale_factor
+        # (Keras 3's LossScaleOptimizer.__init__; Keras's tracking __setattr__ bypasses
+        # properties): refuse being wrapped, with the way out.
+        def __setattr__(self, name, value):
+            if name == "loss_scale_factor" and "_safegrad_inner" in self.__dict__:
+                raise ValueError(INSIDE_A_LOSS_SCALE_OPTIMIZER)
+            super().__setattr__(name, value)
 
         def build(self, var_list):
             if not self._safegrad_inner.built:
                 self._safegrad_inner.build(var_list)
-            super().build(var_list)
+            api_base.build(self, var_list)
 
         @property
         def variables(self):
@@ -102,10 +135,10 @@ def _keras3_class(base):
     return SafeOptimizer
 
 
-def _keras2_class(base):
+def _keras2_class(base, loss_scale):
     delegating = _keras_compat.delegating_trackable_mixin()
 
-    class SafeOptimizer(delegating, KerasWrapperCore, base):
+    class SafeOptimizer(*bases_of_wrapper(base, loss_scale, delegating)):
         """A Keras 2.11+ optimizer that checks, clips and applies like ``clip_and_apply``."""
 
         __init__ = _keras_compat.no_automatic_dependency_tracking(KerasWrapperCore.__init__)
@@ -113,7 +146,16 @@ def _keras2_class(base):
         def _safegrad_init_base(self, inner, name):
             # The base __init__ is not called: every piece of state is the wrapped optimizer's.
             delegating.__init__(self, inner)
-            self.name = name or "safe_" + inner.name
+            self.name = name or "safe_" + inner_name(inner)
+
+        # A Keras 2.10+ LossScaleOptimizer marks the optimizer it wraps: refuse being wrapped.
+        @property
+        def _is_wrapped_by_loss_scale_optimizer(self):
+            return False
+
+        @_is_wrapped_by_loss_scale_optimizer.setter
+        def _is_wrapped_by_loss_scale_optimizer(self, value):
+            raise ValueError(INSIDE_A_LOSS_SCALE_OPTIMIZER)
 
         def build(self, var_list):
             return self._safegrad_inner.build(var_list)
@@ -156,10 +198,10 @@ def _keras2_class(base):
     return SafeOptimizer
 
 
-def _optimizer_v2_class(base):
+def _optimizer_v2_class(base, loss_scale):
     delegating = _keras_compat.delegating_trackable_mixin()
 
-    class SafeOptimizerV2(delegating, KerasWrapperCore, base):
+    class SafeOptimizerV2(*bases_of_wrapper(base, loss_scale, delegating)):
         """A Keras ``OptimizerV2`` that checks, clips and applies like ``clip_and_apply``."""
 
         __init__ = KerasWrapperCore.__init__  # not the delegating mixin's
@@ -169,7 +211,7 @@ def _optimizer_v2_class(base):
         def _safegrad_init_base(self, inner, name):
             # The base __init__ is not called: every piece of state is the wrapped optimizer's.
             delegating.__init__(self, inner)
-            self._name = name or "Safe" + inner._name
+            self._name = name or "Safe" + inner_name(inner)
 
         def _compute_gradients(self, loss, var_list, grad_loss=None, tape=None):
             return self._safegrad_inner._compute_gradients(loss, var_list, grad_loss, tape=tape)
@@ -247,23 +289,38 @@ def _optimizer_v2_class(base):
         def lr(self, value):
             self._safegrad_inner.learning_rate = value
 
-        # Hyperparameters (beta_1, momentum, ...) are the wrapped optimizer's `_hyper` entries,
-        # read and written through OptimizerV2's own accessors, as in Keras's LossScaleOptimizer.
+        # A Keras 2.10+ LossScaleOptimizer marks the optimizer it wraps: refuse being wrapped.
+        @property
+        def _is_wrapped_by_loss_scale_optimizer(self):
+            return False
+
+        @_is_wrapped_by_loss_scale_optimizer.setter
+        def _is_wrapped_by_loss_scale_optimizer(self, value):
+            raise ValueError(INSIDE_A_LOSS_SCALE_OPTIMIZER)
+
+        # Hyperparameters (beta_1, momentum, ...) are the wrapped optimizer's `_hyper` entries (a
+        # LossScaleOptimizer's: its inner optimizer's), read and written through OptimizerV2's own
+        # accessors, as in Keras's LossScaleOptimizer.
         def __getattribute__(self, name):
             try:
                 return object.__getattribute__(self, name)
             except AttributeError as error:
-                if name in ("_safegrad_inner", "_hyper"):
+                if name == "_hyper":
+                    # TF 2.4-2.9's LossScaleOptimizer reads its inner optimizer's `_hyper`, which
+                    # a wrapper has not: the only sign it wraps one (see INSIDE_A_LOSS_SCALE...).
+                    raise AttributeError("{!r} object has no attribute '_hyper': {}".format(
+                        type(self).__name__, INSIDE_A_LOSS_SCALE_OPTIMIZER)) from None
+                if name == "_safegrad_inner":
                     raise error
-                inner = object.__getattribute__(self, "_safegrad_inner")
-                if name in getattr(inner, "_hyper", {}):
-                    return inner._get_hyper(name)
+                hypers = hyper_owner(object.__getattribute__(self, "_safegrad_inner"))
+                if name in getattr(hypers, "_hyper", {}):
+                    return hypers._get_hyper(name)
                 raise error
 
         def __setattr__(self, name, value):
-            inner = self.__dict__.get("_safegrad_inner")
-            if inner is not None and name in getattr(inner, "_hyper", {}) and not hasattr(type(self), name):
-                inner._set_hyper(name, value)
+            hypers = hyper_owner(self.__dict__.get("_safegrad_inner"))
+            if hypers is not None and name in getattr(hypers, "_hyper", {}) and not hasattr(type(self), name):
+                hypers._set_hyper(name, value)
             else:
                 object.__setattr__(self, name, value)
 

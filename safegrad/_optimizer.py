@@ -2,7 +2,7 @@
 
 import inspect
 
-from safegrad._adapters import V1OptimizerAdapter, adapter_class_for, adapter_for
+from safegrad._adapters import adapter_class_for, adapter_for
 from safegrad._compat import do_not_convert, track_dependency
 from safegrad._keras_wrappers import wrapper_class
 from safegrad._policy import StepPolicy
@@ -81,11 +81,12 @@ class SafeOptimizer(WrapperSurface, tf1.train.Optimizer):
         """Wraps ``optimizer``; see the class docstring for the arguments."""
         policy = StepPolicy.from_arguments(locals())
         adapter = adapter_for(optimizer)
-        if not isinstance(adapter, V1OptimizerAdapter):  # only subclasses get here with Keras
+        if adapter.is_keras:  # only subclasses of SafeOptimizer get here with a Keras optimizer
             raise TypeError(
                 "`optimizer` must be a tf.compat.v1.train.Optimizer for {}. Received: "
                 "optimizer={!r}".format(type(self).__name__, optimizer)
             )
+        adapter.check_policy(policy)
         validate_name(name)
         self._safegrad_wrap(adapter, policy)
         super().__init__(use_locking=False, name=name or "Safe" + optimizer.get_name())

@@ -49,7 +49,7 @@ def _no_gradients_error(form):
 @do_not_convert
 def apply_gradients_safely(
     adapter, grads_and_vars, policy, global_step=None, name=None, state_owner=None, aggregated=False,
-    name_scope=None,
+    name_scope=None, gradients_scaled=None,
 ):
     """Check, clip and apply already-computed (gradient, variable) pairs under ``policy``.
 
@@ -64,6 +64,8 @@ def apply_gradients_safely(
       aggregated: the gradients are already summed across replicas; nobody may sum them again.
       name_scope: the caller's name scope, where the optimizer's own variables are created (as
         without safegrad); default: the current one.
+      gradients_scaled: with a loss-scale optimizer, whether the gradients are still multiplied
+        by the loss scale; default: what its own ``apply_gradients`` takes (``_loss_scale``).
 
     Returns:
       What ``clip_and_apply`` returns.
@@ -99,6 +101,16 @@ def apply_gradients_safely(
     if replica is not None and not aggregated:
         gradients = _distribute.all_reduce_sum(replica, gradients)
         aggregated = True
+    # A loss-scale optimizer: everything below works on the unscaled gradients.
+    scaling = adapter.loss_scaling()
+    if scaling is not None:
+        if replica is not None:
+            raise ValueError(
+                "safegrad does not support a loss-scale optimizer under tf.distribute yet: "
+                "{} inside strategy.run. Use it on one device, or without loss scaling.".format(adapter.api)
+            )
+        if scaling.receives_scaled if gradients_scaled is None else gradients_scaled:
+            gradients = scaling.unscale(gradients)
 
     values = [dense_equivalent_values(g, policy.tf_compatible_norm) for g in gradients]
     raw = inspect_gradients(
@@ -126,7 +138,7 @@ def apply_gradients_safely(
         with tf.control_dependencies(deps + recorded):
             return tf.identity(tf.constant(True))
 
-    def skip_update(global_norm, report):
+    def skip_update(global_norm, report, overflow=None):
         checks = []
         if policy.max_consecutive_skips is not None:
             limit = policy.max_consecutive_skips
@@ -141,7 +153,7 @@ def apply_gradients_safely(
             check = fail_unless(streak <= limit, failure_message(report, suffix=suffix))
             checks = [check] if check is not None else []
         with tf.control_dependencies(checks):
-            recorded = state.record_skipped(global_norm)
+            recorded = state.record_skipped(global_norm, overflow)
         with tf.control_dependencies(checks + recorded):
             return tf.identity(tf.constant(False))
 
@@ -149,21 +161,33 @@ def apply_gradients_safely(
     # the names it has without safegrad.
     adapter.prepare(form.rebuild(form.gradients), name_scope)
     step = (clipped, raw.global_norm, was_clipped, scale)
+    # With a loss-scale optimizer, an overflow that lowering the scale can still fix is routine:
+    # skipped (and counted), never raised; only a non-finite step at the scale's floor is not.
+    fixable = None if scaling is None else tf.logical_and(tf.logical_not(raw.all_finite), scaling.can_lower())
     if policy.on_nonfinite == "ignore":
         applied = apply_update(*step)
     elif policy.on_nonfinite == "raise":
         # Every replica evaluates the same assertion on the same summed gradients: all fail
         # together, before any update (no decision to share, no cond around merge_call).
-        check = fail_unless(raw.all_finite, failure_message(raw.report))
+        ok = raw.all_finite if fixable is None else tf.logical_or(raw.all_finite, fixable)
+        check = fail_unless(ok, failure_message(raw.report))
         with tf.control_dependencies([check] if check is not None else []):
-            applied = apply_update(*step)
+            if scaling is None:
+                applied = apply_update(*step)
+            else:
+                _refuse_ref_variables_in_a_v2_cond(variables)
+                applied = tf.cond(
+                    raw.all_finite,
+                    lambda: apply_update(*step),
+                    lambda: skip_update(raw.global_norm, raw.report, fixable),
+                )
     else:
         _refuse_ref_variables_in_a_v2_cond(variables)
         if replica is None:
             applied = tf.cond(
                 raw.all_finite,
                 lambda: apply_update(*step),
-                lambda: skip_update(raw.global_norm, raw.report),
+                lambda: skip_update(raw.global_norm, raw.report, fixable),
             )
         else:
             # Optimizers update mirrored variables through merge_call, which TF forbids inside a
@@ -172,6 +196,13 @@ def apply_gradients_safely(
                 replica, raw.all_finite, apply_update, step, skip_update, (raw.global_norm, raw.report)
             )
 
+    if scaling is not None:
+        # The scale's own schedule (lowered on overflow, raised after its growth steps), after
+        # the step read the scale to unscale the gradients.
+        with tf.control_dependencies([applied]):
+            updates = scaling.update(gradients, raw.all_finite)
+        with tf.control_dependencies(updates):
+            applied = tf.identity(applied)
     if not building_v1_graph():
         return applied
     train_op = tf.group(applied, name=name or "safegrad_step")

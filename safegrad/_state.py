@@ -29,6 +29,7 @@ _FIELDS = (
     ("steps", tf.int64, 0),
     ("clipped_steps", tf.int64, 0),
     ("global_norm_sum", tf.float64, 0.0),
+    ("overflow_skips", tf.int64, 0),
 )
 
 # owner (optimizer) -> {"eager": StepState or None, "graphs": {graph: StepState}}
@@ -54,6 +55,8 @@ class StepState(tf.Module):
       clipped_steps: int64, applied steps on which a norm bound was active.
       global_norm_sum: float64, sum of the global norms of all applied steps (for averages
         over an interval: difference of two readings / difference in applied steps).
+      overflow_skips: int64, skipped steps (in ``total_skips``) that were a loss-scale
+        optimizer's routine overflow: the scale was lowered; never raised on.
       scope: in a graph, the name scope of the variables (``safegrad_state/<optimizer name>``).
     """
 
@@ -85,9 +88,13 @@ class StepState(tf.Module):
             ops.append(self.consecutive_skips.assign(0, read_value=False))
         return [op for op in ops if op is not None]
 
-    def record_skipped(self, global_norm):
-        """Assignments for a skipped step; returns the ops to depend on (none eagerly)."""
+    def record_skipped(self, global_norm, overflow=None):
+        """Assignments for a skipped step; returns the ops to depend on (none eagerly).
+        ``overflow``: bool tensor, the skip was a loss scale's routine overflow."""
         ops = [
+            None if overflow is None else self.overflow_skips.assign_add(
+                tf.cast(overflow, tf.int64), read_value=False
+            ),
             self.consecutive_skips.assign_add(1, read_value=False),
             self.total_skips.assign_add(1, read_value=False),
             self.global_norm.assign(global_norm, read_value=False),
@@ -117,6 +124,7 @@ class StepState(tf.Module):
             "steps": int(self.steps.numpy()),
             "clipped_steps": int(self.clipped_steps.numpy()),
             "global_norm_sum": float(self.global_norm_sum.numpy()),
+            "overflow_skips": int(self.overflow_skips.numpy()),
         }
 
 

@@ -111,6 +111,7 @@ def clip_and_apply(
     )
     adapter = adapter_for(optimizer)
     adapter.require_supported_context()
+    adapter.check_policy(policy)
     _validate.loss_and_tape(loss, tape)
     options = _validate.gradient_options(
         loss, tape, gate_gradients, aggregation_method, colocate_gradients_with_ops, grad_loss
@@ -122,9 +123,10 @@ def clip_and_apply(
     with tf.name_scope(name or "safegrad"):
         if "grad_loss" in options:  # (after every check: a refused call builds nothing)
             options["grad_loss"] = tf.convert_to_tensor(options["grad_loss"])
-        grads_and_vars = adapter.compute_gradients(loss, var_list, tape, options)
+        grads_and_vars = adapter.compute_gradients(loss, var_list, tape, options)  # unscaled
         return apply_gradients_safely(
-            adapter, grads_and_vars, policy, global_step=global_step, name=name, name_scope=outer_scope
+            adapter, grads_and_vars, policy, global_step=global_step, name=name, name_scope=outer_scope,
+            gradients_scaled=False,
         )
 
 
@@ -182,6 +184,7 @@ def apply_gradients(
     )
     adapter = adapter_for(optimizer)
     adapter.require_supported_context()
+    adapter.check_policy(policy)
     global_step = _validate.global_step(global_step)
     name = _validate.name(name)
     outer_scope = current_name_scope()
