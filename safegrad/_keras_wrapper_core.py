@@ -63,6 +63,16 @@ class KerasWrapperCore(WrapperSurface):
     def _safegrad_init_base(self, inner, name):
         raise NotImplementedError
 
+    # A Keras 2.10+ LossScaleOptimizer marks the optimizer it wraps: refuse being wrapped (Keras 3
+    # and TF 2.4-2.9: see _keras_wrappers).
+    @property
+    def _is_wrapped_by_loss_scale_optimizer(self):
+        return False
+
+    @_is_wrapped_by_loss_scale_optimizer.setter
+    def _is_wrapped_by_loss_scale_optimizer(self, value):
+        raise ValueError(INSIDE_A_LOSS_SCALE_OPTIMIZER)
+
     # The wrapped optimizer's learning rate and step counter, as Keras's LossScaleOptimizer.
     @property
     def learning_rate(self):

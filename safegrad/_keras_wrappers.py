@@ -148,15 +148,6 @@ def _keras2_class(base, loss_scale):
             delegating.__init__(self, inner)
             self.name = name or "safe_" + inner_name(inner)
 
-        # A Keras 2.10+ LossScaleOptimizer marks the optimizer it wraps: refuse being wrapped.
-        @property
-        def _is_wrapped_by_loss_scale_optimizer(self):
-            return False
-
-        @_is_wrapped_by_loss_scale_optimizer.setter
-        def _is_wrapped_by_loss_scale_optimizer(self, value):
-            raise ValueError(INSIDE_A_LOSS_SCALE_OPTIMIZER)
-
         def build(self, var_list):
             return self._safegrad_inner.build(var_list)
 
@@ -288,15 +279,6 @@ def _optimizer_v2_class(base, loss_scale):
         @lr.setter
         def lr(self, value):
             self._safegrad_inner.learning_rate = value
-
-        # A Keras 2.10+ LossScaleOptimizer marks the optimizer it wraps: refuse being wrapped.
-        @property
-        def _is_wrapped_by_loss_scale_optimizer(self):
-            return False
-
-        @_is_wrapped_by_loss_scale_optimizer.setter
-        def _is_wrapped_by_loss_scale_optimizer(self, value):
-            raise ValueError(INSIDE_A_LOSS_SCALE_OPTIMIZER)
 
         # Hyperparameters (beta_1, momentum, ...) are the wrapped optimizer's `_hyper` entries (a
         # LossScaleOptimizer's: its inner optimizer's), read and written through OptimizerV2's own

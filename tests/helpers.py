@@ -189,6 +189,13 @@ def new_optimizer(name, learning_rate=None, **kwargs):
 OPTIMIZERS = {name: functools.partial(new_optimizer, name) for name in optimizer_names()}
 
 
+def loss_scale_optimizer(name, inner=None, **kwargs):
+    """A Keras LossScaleOptimizer around ``new_optimizer(name, 0.01)`` (or ``inner``)."""
+    inner = inner if inner is not None else new_optimizer(name, 0.01)
+    wrap = getattr(tf.keras.mixed_precision, "LossScaleOptimizer", None) or tf.keras.optimizers.LossScaleOptimizer
+    return wrap(inner, **kwargs)
+
+
 def runs_in_v1_graph(optimizer):
     """Whether ``optimizer`` can build a tf.compat.v1 graph step (safegrad's own answer)."""
     return adapter_for(optimizer).graph_mode_unsupported() is None
