@@ -30,8 +30,9 @@ setup(
     # or a vendor build. `import safegrad` says clearly when it is missing or too old.
     install_requires=[],
     extras_require={
-        "tf": ["tensorflow>=1.15"],
-        "tf-cpu": ["tensorflow-cpu>=1.15"],
+        # tensorboard: TF 2.21 no longer depends on it, and Keras's TensorBoard callback needs it.
+        "tf": ["tensorflow>=1.15", "tensorboard"],
+        "tf-cpu": ["tensorflow-cpu>=1.15", "tensorboard"],
         "tests": ["pytest>=6.2,<10", "numpy"],
     },
     classifiers=[

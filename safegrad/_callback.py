@@ -1,4 +1,4 @@
-"""``safegrad.StepStatsCallback``: safegrad's statistics per epoch in Keras ``fit`` logs.
+"""``safegrad.StepStatsCallback``: safegrad's statistics per epoch (or batch) in Keras ``fit`` logs.
 
 Built on the installed Keras's ``Callback`` on first access (``safegrad.StepStatsCallback`` is a
 lazy module attribute), so that ``import safegrad`` never imports Keras.
@@ -7,6 +7,7 @@ lazy module attribute), so that ``import safegrad`` never imports Keras.
 import math
 
 from safegrad import _keras_compat
+from safegrad._log import logger
 from safegrad._state import step_state
 from safegrad._wrapping import is_wrapper
 
@@ -33,9 +34,21 @@ def _make_callback_class(base):
         * ``safegrad_skipped_steps``: non-finite steps skipped in the epoch;
         * ``safegrad_total_skips``, ``safegrad_consecutive_skips``: the counters at epoch end.
 
+        With ``per_batch=True`` it also adds, at the end of each batch, that step's
+        ``safegrad_global_norm``, ``safegrad_clip_ratio``, ``safegrad_skipped`` (0/1) and
+        ``safegrad_total_skips`` to the batch logs (the progress bar shows them; ``TensorBoard``
+        with ``update_freq="batch"`` or an integer writes them). This reads the counters once per
+        batch (a device-to-host copy of a few scalars).
+
+        A loss shown as ``nan`` for an epoch whose non-finite steps were skipped: Keras averages
+        every batch's loss, the skipped ones' too, while those steps changed nothing. This
+        callback puts ``safegrad_skipped_steps`` next to it (progress bar and History) and logs,
+        on the ``safegrad`` logger, how many steps of the epoch were skipped.
+
         Args:
           optimizer: the safegrad-wrapped optimizer (or an optimizer driven by
             ``clip_and_apply``); default: ``model.optimizer``.
+          per_batch: also report each batch (see above).
 
         Example:
           >>> model.compile(optimizer=safegrad.SafeOptimizer(tf.keras.optimizers.Adam(), clip_norm=1.0,
@@ -45,9 +58,12 @@ def _make_callback_class(base):
           >>> history.history["safegrad_skipped_steps"]
         """
 
-        def __init__(self, optimizer=None):
+        def __init__(self, optimizer=None, per_batch=False):
             super().__init__()
+            if not isinstance(per_batch, bool):
+                raise TypeError("`per_batch` must be a bool. Received: per_batch={!r}".format(per_batch))
             self._stats_optimizer = optimizer
+            self._per_batch = per_batch
             self._start = None
             # Keras 2 hands callbacks that do not "support TF logs" a converted COPY of the logs
             # (made at the first such callback); TensorBoard gets the original. Taking the original
@@ -92,6 +108,25 @@ def _make_callback_class(base):
             }
             if logs is not None:
                 logs.update(stats)
+            if skipped:
+                loss = (logs or {}).get("loss")
+                logger.warning(
+                    "safegrad: epoch %d: %d of %d steps were skipped (non-finite gradients; they changed "
+                    "nothing)%s", epoch + 1, skipped, steps,
+                    "; the epoch's loss ({}) averages their losses too".format(loss)
+                    if loss is not None and not math.isfinite(float(loss)) else "",
+                )
+
+        def on_train_batch_end(self, batch, logs=None):
+            if not self._per_batch or logs is None:
+                return
+            state = self._state()
+            logs.update({
+                "safegrad_global_norm": float(state.global_norm.numpy()),
+                "safegrad_clip_ratio": float(state.clip_ratio.numpy()),
+                "safegrad_skipped": int(bool(state.skipped.numpy())),
+                "safegrad_total_skips": int(state.total_skips.numpy()),
+            })
 
     StepStatsCallback.__module__ = "safegrad"
     return StepStatsCallback

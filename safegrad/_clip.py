@@ -185,9 +185,10 @@ def clip_for_policy(gradients, values, raw, policy, fold_global_scale=False):
         gradient less).
 
     Returns:
-      ``(clipped gradients, clipped, global_scale)``: ``clipped`` is a bool scalar, True when a
-      per-variable or the global norm bound was active; ``global_scale`` is the scale still to
-      apply (a float32 scalar) when ``fold_global_scale``, else None.
+      ``(clipped gradients, clipped, global_scale, clip_ratio)``: ``clipped`` is a bool scalar,
+      True when a per-variable or the global norm bound was active; ``global_scale`` is the scale
+      still to apply (a float32 scalar) when ``fold_global_scale``, else None; ``clip_ratio`` the
+      global-norm bound's scale, ``min(1, clip_norm / norm)`` (None without ``clip_norm``).
     """
     clipped = tf.constant(False)
     norms = raw.norms
@@ -211,7 +212,7 @@ def clip_for_policy(gradients, values, raw, policy, fold_global_scale=False):
         global_norm = tf.where(
             tf.reduce_all(tf.math.is_finite(norms)), rescaled_norm(norms * scales), global_norm
         )
-    folded = None
+    folded = ratio = None
     if policy.clip_norm is not None:
         limit = _validate.runtime_positive(policy.clip_norm, "clip_norm")
         scale = clip_scale(global_norm, limit, policy.tf_compatible_norm)
@@ -220,4 +221,5 @@ def clip_for_policy(gradients, values, raw, policy, fold_global_scale=False):
         else:
             gradients = [scale_gradient(g, scale) for g in gradients]
         clipped = tf.logical_or(clipped, scale < 1.0)
-    return gradients, clipped, folded
+        ratio = scale
+    return gradients, clipped, folded, ratio

@@ -109,3 +109,54 @@ def track_dependency(owner, trackable, name):
     except (TypeError, ValueError):
         return False
     return True
+
+
+# token -> function, kept alive for the life of the process (the registry holds weak references).
+_PY_FUNCTIONS = {}
+
+
+def py_function_op(function, inputs, output_dtype, token):
+    """A graph op that calls ``function(*numpy_inputs)``, registered under a FIXED ``token``.
+
+    ``tf.numpy_function`` registers its function under a counter token and drops it when the graph
+    is collected, so a graph exported with ``export_meta_graph`` and imported again (a later
+    process, or after the first graph is gone) fails with "callback pyfunc_N is not found".
+    Registered under ``token`` at import of safegrad, the op works in any process that imported
+    safegrad. Private API (``script_ops._py_funcs``, ``gen_script_ops.py_func``), unchanged from
+    TF 1.15 to 2.21; without it, ``tf.numpy_function`` (same process only).
+    """
+    try:
+        from tensorflow.python.ops import gen_script_ops, script_ops
+
+        registry = script_ops._py_funcs
+        registry._funcs[token] = function
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover
+        return tf1.numpy_function(function, inputs, output_dtype, name=token)
+    _PY_FUNCTIONS[token] = function
+    return gen_script_ops.py_func(input=inputs, token=token, Tout=[output_dtype], name=token)[0]
+
+
+@contextlib.contextmanager
+def op_callback(callback):
+    """Calls ``callback(op_type, inputs, attrs, outputs, op_name=None, graph=None)`` for every op
+    run (eagerly) or built (in a graph) inside the block.
+
+    The mechanism of ``tf.debugging.enable_check_numerics``: ``op_callbacks.add_op_callback``,
+    private, present from TF 2.2 to 2.21. TF 1.15 has none: RuntimeError.
+    """
+    try:
+        from tensorflow.python.framework import op_callbacks
+    except ImportError:
+        op_callbacks = None
+    if op_callbacks is None or not hasattr(op_callbacks, "add_op_callback"):
+        raise RuntimeError(
+            "safegrad.explain needs TensorFlow's op callbacks (TF 2.2+); this is TensorFlow {}. In "
+            "a tf.compat.v1 graph use safegrad.explain_session(sess, train_op, feed_dict).".format(
+                tf.__version__
+            )
+        )
+    op_callbacks.add_op_callback(callback)
+    try:
+        yield
+    finally:
+        op_callbacks.remove_op_callback(callback)

@@ -80,7 +80,9 @@ def rescaled_norm(values):
     return tf.cast(safe * tf.sqrt(tf.reduce_sum(tf.square(values / safe))), tf.float32)
 
 
-Inspection = collections.namedtuple("Inspection", ["global_norm", "all_finite", "norms", "report"])
+Inspection = collections.namedtuple(
+    "Inspection", ["global_norm", "all_finite", "norms", "report", "step"], defaults=(None,)
+)
 Inspection.__doc__ = """What one read of the gradients tells.
 
 global_norm: float32 scalar; NaN/Inf when some element is.
@@ -91,7 +93,7 @@ report: string scalar naming each non-finite gradient as 'name (NaN)', 'name (In
 """
 
 
-def inspect_gradients(values, names=None, per_gradient=False, per_gradient_bound=None):
+def inspect_gradients(values, names=None, per_gradient=False, per_gradient_bound=None, step_number=None):
     """Norms and finiteness of ``values`` (dense-equivalent, accumulable tensors).
 
     Args:
@@ -101,6 +103,8 @@ def inspect_gradients(values, names=None, per_gradient=False, per_gradient_bound
       per_gradient_bound: the bound the per-gradient norms will be compared with (a number or
         scalar tensor), if any. Per-gradient norms below ``EXACT_NORM_BELOW`` are then computed
         exactly too, when the bound itself is that small (costs nothing for ordinary bounds).
+      step_number: optional callable returning the int64 number of the step, evaluated only on
+        the diagnosis path (with ``names``); enables ``step`` (0 on the success path).
     """
     # The success path: one fused read per gradient (l2_loss = sum of squares / 2), one stack,
     # one sum, two scalar tests. The cond's fast branch sees only two tensors.
@@ -124,6 +128,8 @@ def inspect_gradients(values, names=None, per_gradient=False, per_gradient_bound
             result["norms"] = tf.sqrt(2.0 * halves)
         if names is not None:
             result["report"] = tf.constant("")
+            if step_number is not None:
+                result["step"] = tf.constant(0, tf.int64)
         return result
 
     def slow():
@@ -131,7 +137,10 @@ def inspect_gradients(values, names=None, per_gradient=False, per_gradient_bound
         # or the squares overflowed) or tiny (squares underflowed). Cost does not matter here;
         # accuracy, diagnosis and a small graph do (this branch is built once per step and
         # captures every gradient).
-        return _slow_inspection(values, names, per_gradient)
+        result = _slow_inspection(values, names, per_gradient)
+        if names is not None and step_number is not None:
+            result["step"] = tf.cast(step_number(), tf.int64)
+        return result
 
     out = lazy_cond(fast_path, fast, slow)
     return Inspection(
@@ -139,6 +148,7 @@ def inspect_gradients(values, names=None, per_gradient=False, per_gradient_bound
         all_finite=out["all_finite"],
         norms=out.get("norms"),
         report=out.get("report"),
+        step=out.get("step"),
     )
 
 

@@ -95,6 +95,8 @@ class SafeOptimizer(WrapperSurface, tf1.train.Optimizer):
     @do_not_convert
     def compute_gradients(self, loss, var_list=None, **kwargs):
         """The wrapped optimizer's ``compute_gradients`` (raw, unclipped gradients)."""
+        # A graph step remembers its loss, for safegrad.explain_session's replay.
+        self._safegrad_loss = loss if isinstance(loss, tf.Tensor) and not tf.executing_eagerly() else None
         return self._safegrad_inner.compute_gradients(loss, var_list=var_list, **kwargs)
 
     @do_not_convert
@@ -111,6 +113,7 @@ class SafeOptimizer(WrapperSurface, tf1.train.Optimizer):
             return as_operation(apply_gradients_safely(
                 self._safegrad_adapter, grads_and_vars, self._safegrad_policy,
                 global_step=global_step, name=name, state_owner=self, name_scope=outer_scope,
+                loss=getattr(self, "_safegrad_loss", None),
             ))
 
     def get_slot(self, var, name):

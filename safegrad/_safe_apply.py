@@ -12,8 +12,10 @@ from safegrad import _distribute, _validate
 from safegrad._check import check_no_xla, fail_unless, failure_message
 from safegrad._clip import clip_for_policy
 from safegrad._compat import do_not_convert, in_xla_context
+from safegrad._log import log_skipped_step
 from safegrad._norm import dense_equivalent_values, inspect_gradients
-from safegrad._state import record_step_outputs, step_state
+from safegrad._replay import is_replaying, note_replayed_step
+from safegrad._state import StepOutputs, record_step_outputs, step_state
 from safegrad._structure import GradientList
 from safegrad._tf import building_v1_graph, current_name_scope, tf, tf1
 from safegrad._variables import is_ref_variable, is_trainable_dtype, variable_name
@@ -46,10 +48,23 @@ def _no_gradients_error(form):
     )
 
 
+EXPLAIN_HINT = (
+    ". To find the op that produced it, replay the step with safegrad.explain(step_fn, *args) "
+    "(tf.function, eager, Keras) or safegrad.explain_session(sess, train_op, feed_dict) (Session)."
+)
+
+
+def _where(step):
+    """The end of an error message: the step number and how to find the cause."""
+    if step is None:
+        return tf.constant(EXPLAIN_HINT)
+    return tf.strings.join(["; at safegrad step ", tf.strings.as_string(step), EXPLAIN_HINT])
+
+
 @do_not_convert
 def apply_gradients_safely(
     adapter, grads_and_vars, policy, global_step=None, name=None, state_owner=None, aggregated=False,
-    name_scope=None, gradients_scaled=None,
+    name_scope=None, gradients_scaled=None, loss=None,
 ):
     """Check, clip and apply already-computed (gradient, variable) pairs under ``policy``.
 
@@ -66,6 +81,8 @@ def apply_gradients_safely(
         without safegrad); default: the current one.
       gradients_scaled: with a loss-scale optimizer, whether the gradients are still multiplied
         by the loss scale; default: what its own ``apply_gradients`` takes (``_loss_scale``).
+      loss: the loss tensor the gradients came from, if known (a graph step lists it, for
+        ``explain_session`` to recompute the whole forward pass).
 
     Returns:
       What ``clip_and_apply`` returns.
@@ -118,10 +135,16 @@ def apply_gradients_safely(
         names=form.names(present) if checking else None,
         per_gradient=policy.per_variable_clip_norm is not None and policy.clip_value is None,
         per_gradient_bound=policy.per_variable_clip_norm,
+        # (the step's number: the steps taken before it, from 0, like a global_step)
+        step_number=(lambda: tf.identity(state.steps)) if checking else None,
     )
+    if is_replaying():
+        # safegrad.explain replays a failing step to find where its NaN was born: everything up
+        # to the decision ran; nothing is applied or counted.
+        return note_replayed_step(raw.all_finite, raw.global_norm, raw.report)
     # (Folding the scale into the learning rate rounds differently from scaling the gradients.)
     fold = policy.clip_norm is not None and adapter.can_fold_clip_scale() and not policy.tf_compatible_norm
-    clipped, was_clipped, scale = clip_for_policy(gradients, values, raw, policy, fold_global_scale=fold)
+    clipped, was_clipped, scale, clip_ratio = clip_for_policy(gradients, values, raw, policy, fold_global_scale=fold)
     if replica is not None and adapter.sums_replicas_itself:
         # The optimizer sums the replicas' gradients again, whatever it is given: replica 0 gives
         # the (already summed) gradients, the others zeros, so the sum is exact.
@@ -133,12 +156,12 @@ def apply_gradients_safely(
         # The statistics need only the norm: recorded beside the update, not after it, so they
         # stay off the step's critical path (raise mode: both wait for the check).
         recorded = state.record_applied(
-            global_norm, clipped_flag, reset_streak=policy.on_nonfinite == "skip"
+            global_norm, clipped_flag, reset_streak=policy.on_nonfinite == "skip", clip_ratio=clip_ratio
         )
         with tf.control_dependencies(deps + recorded):
             return tf.identity(tf.constant(True))
 
-    def skip_update(global_norm, report, overflow=None):
+    def skip_update(global_norm, report, overflow=None, number=None):
         checks = []
         if policy.max_consecutive_skips is not None:
             limit = policy.max_consecutive_skips
@@ -150,13 +173,22 @@ def apply_gradients_safely(
                     " non-finite steps in a row, more than max_consecutive_skips={}".format(limit),
                 ]
             )
-            check = fail_unless(streak <= limit, failure_message(report, suffix=suffix))
+            check = fail_unless(
+                streak <= limit, failure_message(report, suffix=tf.strings.join([suffix, _where(number)]))
+            )
             checks = [check] if check is not None else []
         with tf.control_dependencies(checks):
+            # (logged before the counters move: the step number is read from them)
+            logged = log_skipped_step(number, global_norm, report, overflow) if number is not None else []
+        # (In a graph, after this step's total_skips output read the counter: see below.)
+        with tf.control_dependencies(checks + logged + skips_before):
             recorded = state.record_skipped(global_norm, overflow)
         with tf.control_dependencies(checks + recorded):
             return tf.identity(tf.constant(False))
 
+    # A graph step's outputs hold THIS step's values when fetched with the train op: the skip
+    # counter is read before the skip branch moves it.
+    skips_before = [tf.identity(state.total_skips)] if building_v1_graph() else []
     # Every optimizer variable must exist before the cond (none may be born in a branch), with
     # the names it has without safegrad.
     adapter.prepare(form.rebuild(form.gradients), name_scope)
@@ -170,7 +202,7 @@ def apply_gradients_safely(
         # Every replica evaluates the same assertion on the same summed gradients: all fail
         # together, before any update (no decision to share, no cond around merge_call).
         ok = raw.all_finite if fixable is None else tf.logical_or(raw.all_finite, fixable)
-        check = fail_unless(ok, failure_message(raw.report))
+        check = fail_unless(ok, failure_message(raw.report, suffix=_where(raw.step)))
         with tf.control_dependencies([check] if check is not None else []):
             if scaling is None:
                 applied = apply_update(*step)
@@ -179,7 +211,7 @@ def apply_gradients_safely(
                 applied = tf.cond(
                     raw.all_finite,
                     lambda: apply_update(*step),
-                    lambda: skip_update(raw.global_norm, raw.report, fixable),
+                    lambda: skip_update(raw.global_norm, raw.report, fixable, raw.step),
                 )
     else:
         _refuse_ref_variables_in_a_v2_cond(variables)
@@ -187,13 +219,14 @@ def apply_gradients_safely(
             applied = tf.cond(
                 raw.all_finite,
                 lambda: apply_update(*step),
-                lambda: skip_update(raw.global_norm, raw.report, fixable),
+                lambda: skip_update(raw.global_norm, raw.report, fixable, raw.step),
             )
         else:
             # Optimizers update mirrored variables through merge_call, which TF forbids inside a
             # cond in replica context: the one decision is taken in cross-replica context.
             applied = _distribute.decide_across_replicas(
-                replica, raw.all_finite, apply_update, step, skip_update, (raw.global_norm, raw.report)
+                replica, raw.all_finite, apply_update, step, skip_update,
+                (raw.global_norm, raw.report, None, raw.step),
             )
 
     if scaling is not None:
@@ -206,7 +239,17 @@ def apply_gradients_safely(
     if not building_v1_graph():
         return applied
     train_op = tf.group(applied, name=name or "safegrad_step")
-    record_step_outputs(train_op, (raw.global_norm, applied, tf.logical_and(applied, was_clipped)))
+    can_skip = policy.on_nonfinite == "skip" or scaling is not None
+    skipped = tf.logical_not(raw.all_finite) if can_skip else tf.constant(False)
+    outputs = StepOutputs(
+        global_norm=raw.global_norm,
+        applied=applied,
+        clipped=tf.logical_and(applied, was_clipped),
+        skipped=skipped,
+        clip_ratio=tf.identity(clip_ratio) if clip_ratio is not None else tf.constant(1.0),
+        total_skips=skips_before[0] + tf.cast(skipped, tf.int64),
+    )
+    record_step_outputs(train_op, outputs, raw.report, loss)
     # The op to run is this one, not the optimizer's own update inside the cond (which
     # `apply_gradients` listed and which cannot be fetched): code that takes its train op from
     # the collection (e.g. after import_meta_graph) runs the whole safe step.

@@ -18,6 +18,7 @@ from safegrad._variables import new_state_variable
 
 STATE_COLLECTION = "safegrad_step_states"
 OUTPUTS_COLLECTION = "safegrad_step_outputs"
+STATE_SCOPE = "safegrad_state"  # the name scope of every StepState's variables
 
 # name, dtype, initial value
 _FIELDS = (
@@ -30,7 +31,10 @@ _FIELDS = (
     ("clipped_steps", tf.int64, 0),
     ("global_norm_sum", tf.float64, 0.0),
     ("overflow_skips", tf.int64, 0),
+    ("clip_ratio", tf.float32, 1.0),
 )
+# Fields added after the first release: a meta graph exported before has none (read as None).
+_LATER_FIELDS = ("clip_ratio",)
 
 # owner (optimizer) -> {"eager": StepState or None, "graphs": {graph: StepState}}
 _REGISTRY = weakref.WeakKeyDictionary()
@@ -57,6 +61,8 @@ class StepState(tf.Module):
         over an interval: difference of two readings / difference in applied steps).
       overflow_skips: int64, skipped steps (in ``total_skips``) that were a loss-scale
         optimizer's routine overflow: the scale was lowered; never raised on.
+      clip_ratio: float32, at the last step the scale the global-norm bound applied,
+        ``min(1, clip_norm / global_norm)`` (1.0 without ``clip_norm``, and for a skipped step).
       scope: in a graph, the name scope of the variables (``safegrad_state/<optimizer name>``).
     """
 
@@ -67,16 +73,17 @@ class StepState(tf.Module):
         else:
             self.scope = owner_name
         for name, _, _ in _FIELDS:
-            setattr(self, name, variables[name])
+            setattr(self, name, variables.get(name))
 
     @property
     def all_variables(self):
         """Every variable, in a fixed order (what savers list)."""
-        return [getattr(self, name) for name, _, _ in _FIELDS]
+        return [getattr(self, name) for name, _, _ in _FIELDS if getattr(self, name) is not None]
 
-    def record_applied(self, global_norm, clipped, reset_streak):
+    def record_applied(self, global_norm, clipped, reset_streak, clip_ratio=None):
         """Assignments for an applied step; returns the ops to depend on (none eagerly)."""
         ops = [
+            self.clip_ratio.assign(1.0 if clip_ratio is None else clip_ratio, read_value=False),
             self.global_norm.assign(global_norm, read_value=False),
             self.clipped.assign(clipped, read_value=False),
             self.skipped.assign(False, read_value=False),
@@ -99,6 +106,7 @@ class StepState(tf.Module):
             self.total_skips.assign_add(1, read_value=False),
             self.global_norm.assign(global_norm, read_value=False),
             self.clipped.assign(False, read_value=False),
+            self.clip_ratio.assign(1.0, read_value=False),
             self.skipped.assign(True, read_value=False),
             self.steps.assign_add(1, read_value=False),
         ]
@@ -125,6 +133,7 @@ class StepState(tf.Module):
             "clipped_steps": int(self.clipped_steps.numpy()),
             "global_norm_sum": float(self.global_norm_sum.numpy()),
             "overflow_skips": int(self.overflow_skips.numpy()),
+            "clip_ratio": float(self.clip_ratio.numpy()),
         }
 
 
@@ -231,14 +240,15 @@ def find_step_state(scope=None, graph=None):
             )
         )
     by_name = {v.op.name: v for v in graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)}
-    missing = [name for name, _, _ in _FIELDS if "{}/{}".format(matching[0], name) not in by_name]
+    missing = [name for name, _, _ in _FIELDS
+               if "{}/{}".format(matching[0], name) not in by_name and name not in _LATER_FIELDS]
     if missing:
         raise ValueError(
             "The graph lists the safegrad state {!r} but not its variables {} (restore the whole "
             "meta graph).".format(matching[0], missing)
         )
     return StepState(
-        matching[0], {name: by_name["{}/{}".format(matching[0], name)] for name, _, _ in _FIELDS}
+        matching[0], {name: by_name.get("{}/{}".format(matching[0], name)) for name, _, _ in _FIELDS}
     )
 
 
@@ -246,19 +256,48 @@ def _as_text(value):
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-StepOutputs = collections.namedtuple("StepOutputs", ["global_norm", "applied", "clipped"])
-StepOutputs.__doc__ = """The tensors of one graph step, to fetch with its train op.
+StepOutputs = collections.namedtuple(
+    "StepOutputs", ["global_norm", "applied", "clipped", "skipped", "clip_ratio", "total_skips"]
+)
+StepOutputs.__doc__ = """The tensors of one graph step, to fetch with its train op: THIS step's values.
 
 global_norm: float32, this step's global norm of the raw gradients (NaN/Inf if not finite).
 applied: bool, whether this step's update was applied (False: skipped).
 clipped: bool, whether this step was applied with a norm bound active.
+skipped: bool, whether this step is skipped (a non-finite step in skip mode, or a loss scale's
+  overflow).
+clip_ratio: float32, the scale the global-norm bound applies, ``min(1, clip_norm / global_norm)``
+  (1.0 without ``clip_norm``, and for a skipped step).
+total_skips: int64, safegrad's count of skipped steps including this one.
+
+``applied`` and ``clipped`` come from the update itself: fetching them runs the step. The other
+four are computed before the decision: fetching them alone (e.g. in summaries run on evaluation
+data) recomputes the gradients but changes nothing.
 """
 
 
-def record_step_outputs(train_op, outputs):
-    """Lists ``outputs`` of the graph step ``train_op`` in ``OUTPUTS_COLLECTION`` (by name)."""
-    names = [train_op.name] + [t.name for t in outputs]
+def record_step_outputs(train_op, outputs, report=None, loss=None):
+    """Lists ``outputs`` (a ``StepOutputs``) of the graph step ``train_op`` in
+    ``OUTPUTS_COLLECTION`` (by name), with the string tensor naming its non-finite gradients and
+    the loss it was computed from (each may be None)."""
+    names = [train_op.name] + [t.name for t in outputs] + [t.name if t is not None else "" for t in (report, loss)]
     tf1.add_to_collection(OUTPUTS_COLLECTION, "|".join(names))
+
+
+def _outputs_entry(train_op):
+    for entry in train_op.graph.get_collection(OUTPUTS_COLLECTION):
+        names = _as_text(entry).split("|")
+        if names[0] == train_op.name:
+            return names[1:]
+    return None
+
+
+def step_report(train_op):
+    """(report, loss) of the graph step ``train_op``: the string tensor naming its non-finite
+    gradients ("" when all are finite) and its loss; each None if unknown."""
+    names = _outputs_entry(train_op) if isinstance(train_op, tf1.Operation) else None
+    extra = (names or [])[len(StepOutputs._fields):] + ["", ""]
+    return tuple(train_op.graph.get_tensor_by_name(n) if n else None for n in extra[:2])
 
 
 def step_outputs(train_op):
@@ -291,11 +330,9 @@ def step_outputs(train_op):
             "and in tf.function the step returns `applied`, and step_state(optimizer) holds this "
             "step's values once it returned). Received: train_op={!r}".format(train_op)
         )
-    graph = train_op.graph
-    for entry in graph.get_collection(OUTPUTS_COLLECTION):
-        names = _as_text(entry).split("|")
-        if names[0] == train_op.name:
-            return StepOutputs(*[graph.get_tensor_by_name(n) for n in names[1:]])
+    names = _outputs_entry(train_op)
+    if names is not None:
+        return StepOutputs(*[train_op.graph.get_tensor_by_name(n) for n in names[: len(StepOutputs._fields)]])
     raise TypeError(
         "`train_op` was not built by safegrad.clip_and_apply / SafeOptimizer. Received: "
         "train_op={!r}".format(train_op)

@@ -126,7 +126,7 @@ def clip_and_apply(
         grads_and_vars = adapter.compute_gradients(loss, var_list, tape, options)  # unscaled
         return apply_gradients_safely(
             adapter, grads_and_vars, policy, global_step=global_step, name=name, name_scope=outer_scope,
-            gradients_scaled=False,
+            gradients_scaled=False, loss=loss if isinstance(loss, tf.Tensor) else None,
         )
 
 

@@ -8,9 +8,11 @@ also carries a corrupt record (a NaN feature), as real data pipelines sometimes 
 * Plain SGD (``optimizer.minimize(loss)``) overflows within a few steps and the loss stays NaN.
 * ``safegrad.clip_and_apply(optimizer, loss, clip_norm=1.0, on_nonfinite="skip")`` keeps every
   step finite, brings the loss down by orders of magnitude, and skips the poisoned batch.
+* ``safegrad.explain_session`` then says why: where plain SGD's first NaN/Inf was born, and which
+  op, record and feature made safegrad skip its step.
 
-The script prints one table (step, loss, global norm, clipped?, skipped? for each run) and exits
-with status 0 only if both outcomes happened, so it doubles as an end-to-end check.
+The script prints one table (step, loss, global norm, clipped?, skipped? for each run) and the two
+reports, and exits with status 0 only if all of it happened, so it doubles as an end-to-end check.
 """
 
 import argparse
@@ -50,10 +52,12 @@ def mse(prediction, y):
 
 
 def _train(problem, steps, learning_rate, poison_step, use_safegrad, clip_norm):
-    """Runs one Session loop; returns a list of per-step dicts."""
+    """Runs one Session loop; returns a list of per-step dicts and the ``NonFiniteReport`` of its
+    first non-finite step (None if there was none)."""
     rows = []
+    report = None
     with tf.Graph().as_default():
-        x = tf1.placeholder(tf.float32, problem["x"].shape)
+        x = tf1.placeholder(tf.float32, problem["x"].shape, name="x")
         w1 = tf1.Variable(problem["w1"], name="dense_1/kernel")
         w2 = tf1.Variable(problem["w2"], name="dense_2/kernel")
         loss = mse(forward(x, w1, w2), problem["y"])
@@ -62,8 +66,8 @@ def _train(problem, steps, learning_rate, poison_step, use_safegrad, clip_norm):
             train_op = safegrad.clip_and_apply(
                 optimizer, loss, clip_norm=clip_norm, on_nonfinite="skip"
             )
-            state = safegrad.step_state(optimizer)
-            stats = [state.global_norm, state.clipped, state.skipped]
+            outputs = safegrad.step_outputs(train_op)  # this step's values, fetched with it
+            stats = [outputs.global_norm, outputs.clipped, outputs.skipped]
         else:
             grads_and_vars = optimizer.compute_gradients(loss)
             norm = tf.linalg.global_norm([g for g, _ in grads_and_vars])
@@ -73,9 +77,14 @@ def _train(problem, steps, learning_rate, poison_step, use_safegrad, clip_norm):
             for step in range(steps):
                 batch = poisoned(problem["x"]) if step == poison_step else problem["x"]
                 if use_safegrad:
-                    _, loss_value = sess.run([train_op, loss], {x: batch})
-                    norm_value, clipped, skipped = sess.run(stats)
+                    _, loss_value, norm_value, clipped, skipped = sess.run([train_op, loss] + stats, {x: batch})
+                    if skipped and report is None:  # replayed without its update
+                        report = safegrad.explain_session(sess, train_op, {x: batch})
                 else:
+                    if report is None:  # the step about to run, replayed on the same weights
+                        values = sess.run([loss, norm], {x: batch})
+                        if not all(math.isfinite(v) for v in values):
+                            report = safegrad.explain_session(sess, [loss, norm], {x: batch})
                     _, loss_value, norm_value = sess.run([train_op, loss, norm], {x: batch})
                     clipped = skipped = False
                 rows.append(
@@ -87,7 +96,7 @@ def _train(problem, steps, learning_rate, poison_step, use_safegrad, clip_norm):
                         "skipped": bool(skipped),
                     }
                 )
-    return rows
+    return rows, report
 
 
 def _shown_steps(steps, poison_step, every):
@@ -97,6 +106,10 @@ def _shown_steps(steps, poison_step, every):
     return sorted(s for s in shown if 0 <= s < steps)
 
 
+def _indented(report):
+    return "  " + str(report).replace("\n", "\n  ") if report is not None else "  (no NaN/Inf found)"
+
+
 def _yes(flag):
     return "yes" if flag else "-"
 
@@ -104,8 +117,8 @@ def _yes(flag):
 def run(steps=100, learning_rate=1.0, clip_norm=1.0, poison_step=40, every=10, out=sys.stdout):
     """Trains both runs and prints the table; returns True if the demo showed what it claims."""
     problem = make_problem()
-    plain = _train(problem, steps, learning_rate, poison_step, False, clip_norm)
-    safe = _train(problem, steps, learning_rate, poison_step, True, clip_norm)
+    plain, plain_report = _train(problem, steps, learning_rate, poison_step, False, clip_norm)
+    safe, safe_report = _train(problem, steps, learning_rate, poison_step, True, clip_norm)
 
     def write(line=""):
         out.write(line + "\n")
@@ -151,7 +164,21 @@ def run(steps=100, learning_rate=1.0, clip_norm=1.0, poison_step=40, every=10, o
             applied[0]["loss"], applied[-1]["loss"], sum(r["clipped"] for r in safe), steps, skipped or "none"
         )
     )
-    ok = plain_stuck and safe_finite and improved and skipped == ([poison_step] if 0 <= poison_step < steps else [])
+    write()
+    write("Why did it go NaN? (safegrad.explain_session, replaying the step)")
+    write("plain SGD, step {}:".format(first_nan))
+    write(_indented(plain_report))
+    if skipped:
+        write("safegrad, skipped step {}:".format(skipped[0]))
+        write(_indented(safe_report))
+    explained = plain_report is not None and (
+        not skipped or (safe_report is not None and safe_report.op_type == "Placeholder")
+    )
+    ok = (
+        plain_stuck and safe_finite and improved and explained
+        and skipped == ([poison_step] if 0 <= poison_step < steps else [])
+    )
+    write()
     write("result: {}".format("OK" if ok else "UNEXPECTED (see above)"))
     return ok
 

@@ -263,7 +263,7 @@ def as_bytes(variables):
 
 def named_in(error):
     """The variable labels listed in a safegrad non-finite error message."""
-    match = re.search(r"non-finite gradient for: ([^\]\n]*)", str(error))
+    match = re.search(r"non-finite gradient for: ([^\]\n;]*)", str(error))
     assert match, "not a safegrad error: {}".format(error)
     return [label.strip() for label in match.group(1).split(", ") if label.strip()]
 
@@ -271,3 +271,21 @@ def named_in(error):
 def np_norm(*arrays):
     """The float64 L2 norm of all ``arrays`` together."""
     return np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in arrays))
+
+
+def read_scalars(logdir):
+    """{tag: [(step, value), ...]} of every scalar in the event files under ``logdir`` (TF1
+    ``simple_value`` summaries and TF2 tensor summaries alike)."""
+    import glob
+    import os
+
+    scalars = {}
+    for path in sorted(glob.glob(os.path.join(str(logdir), "**", "events.out.tfevents.*"), recursive=True)):
+        for event in tf1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    number = value.simple_value
+                else:
+                    number = float(tf.make_ndarray(value.tensor))
+                scalars.setdefault(value.tag, []).append((event.step, number))
+    return scalars

@@ -283,11 +283,11 @@ def test_step_state_prints_its_values(mode):
     text = repr(safegrad.step_state(optimizer))
     if mode.name == "graph":  # read with a Session: the repr says where the values are
         assert re.match(r"StepState\(graph variables: (\S+/)?consecutive_skips:0, (\S+/)?total_skips:0, ", text), text
-        assert text.endswith("overflow_skips:0; read them with sess.run)"), text
+        assert re.search(r"overflow_skips:0, (\S+/)?clip_ratio:0; read them with sess.run\)$", text), text
     else:
         assert text == (
             "StepState(consecutive_skips=1, total_skips=1, global_norm=nan, steps=2, clipped_steps=0, "
-            "global_norm_sum=13.0, overflow_skips=0, clipped=False, skipped=True)"
+            "global_norm_sum=13.0, overflow_skips=0, clip_ratio=1.0, clipped=False, skipped=True)"
         )
 
 

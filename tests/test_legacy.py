@@ -87,7 +87,7 @@ def test_adding_safegrad_renames_no_variable(optimizer_name, how, policy):
     assert [n for n in after if not n.startswith("safegrad_state/")] == before
     assert {n.rsplit("/", 1)[1] for n in after if n.startswith("safegrad_state/")} == {
         "consecutive_skips", "total_skips", "global_norm", "clipped", "skipped", "steps",
-        "clipped_steps", "global_norm_sum", "overflow_skips",
+        "clipped_steps", "global_norm_sum", "overflow_skips", "clip_ratio",
     }
 
 
@@ -260,13 +260,17 @@ def test_this_steps_norm_is_fetched_in_the_same_run():
         sess.run(tf1.global_variables_initializer())
         for _ in range(3):
             w = sess.run(model.w)
-            _, norm, applied, clipped = sess.run([train_op, *outputs], model.feed())
+            _, norm, applied, clipped = sess.run(
+                [train_op, outputs.global_norm, outputs.applied, outputs.clipped], model.feed()
+            )
             grad_w = 2 * X.T @ (X @ w)  # d/dw sum((Xw)^2)
             dense_table = np.zeros([5, 2])
             np.add.at(dense_table, IDS, 1.0)
             np.testing.assert_allclose(norm, np_norm(grad_w, dense_table), rtol=1e-5)
             assert applied and clipped == (norm > 5.0)
-        _, norm, applied, clipped = sess.run([train_op, *outputs], model.feed(x=np.full_like(X, np.inf)))
+        _, norm, applied, clipped = sess.run(
+            [train_op, outputs.global_norm, outputs.applied, outputs.clipped], model.feed(x=np.full_like(X, np.inf))
+        )
         assert not applied and not clipped and not np.isfinite(norm)
 
 

@@ -15,24 +15,33 @@ from safegrad._tf import tf, tf1
 from helpers import TF2
 
 EXPECTED = [
+    "ExplainCallback",
+    "ExplainHook",
+    "NonFiniteReport",
     "SafeOptimizer",
     "Saver",
     "StepOutputs",
     "StepState",
     "StepStatsCallback",
     "__version__",
+    "add_summaries",
     "apply_gradients",
     "assert_finite",
     "clip_and_apply",
     "clip_by_global_norm",
     "clip_per_variable",
+    "explain",
+    "explain_session",
     "find_step_state",
     "global_norm",
     "step_outputs",
     "step_state",
 ]
-CLASSES = {"__version__", "StepState", "StepStatsCallback", "StepOutputs"}
-GRAPH_ONLY = {"Saver", "find_step_state", "step_outputs"}  # TF1-style graphs and Sessions
+CLASSES = {"__version__", "ExplainCallback", "ExplainHook", "NonFiniteReport", "StepState", "StepStatsCallback",
+           "StepOutputs"}
+LAZY = ["ExplainCallback", "ExplainHook", "StepStatsCallback"]  # built on first access
+GRAPH_ONLY = {"Saver", "explain_session", "find_step_state", "step_outputs"}  # TF1-style graphs and Sessions
+EAGER_ONLY = {"explain"}  # replays a step eagerly (TF2)
 
 
 def test_all_is_exactly_the_public_names():
@@ -42,8 +51,9 @@ def test_all_is_exactly_the_public_names():
         for name, value in vars(safegrad).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     ]
-    # StepStatsCallback subclasses the installed Keras's Callback, so it is built on first access.
-    assert sorted(public + ["__version__", "StepStatsCallback"]) == EXPECTED
+    # The callbacks subclass the installed Keras's Callback, so they are built on first access
+    # (and ExplainHook TF's SessionRunHook, alike).
+    assert sorted(public + ["__version__"] + LAZY) == EXPECTED
     assert sorted(n for n in dir(safegrad) if not n.startswith("_") and n in EXPECTED) == sorted(
         set(EXPECTED) - {"__version__"}
     )
@@ -119,12 +129,13 @@ def _calls(w):
         "clip_and_apply": lambda: safegrad.clip_and_apply(opt, lambda: tf.reduce_sum(w * w), [w], clip_norm=1.0),
         "apply_gradients": lambda: safegrad.apply_gradients(opt, [(g, w)], clip_norm=1.0),
         "step_state": lambda: safegrad.step_state(opt).total_skips.read_value(),
+        "add_summaries": lambda: safegrad.add_summaries(opt),
         "SafeOptimizer": lambda: safe.minimize(lambda: tf.reduce_sum(w * w), var_list=[w]),
     }
 
 
 @pytest.mark.skipif(not TF2, reason="tf.function: TF2")
-@pytest.mark.parametrize("name", sorted(set(EXPECTED) - CLASSES - GRAPH_ONLY))
+@pytest.mark.parametrize("name", sorted(set(EXPECTED) - CLASSES - GRAPH_ONLY - EAGER_ONLY))
 def test_every_public_function_traces_under_tf_function(name):
     w = tf.Variable([1.0, 2.0], name="w")
     call = _calls(w)[name]
@@ -138,7 +149,7 @@ def test_every_public_function_traces_under_tf_function(name):
     traced()  # a second call reuses the trace (no variables created twice)
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPECTED) - CLASSES))
+@pytest.mark.parametrize("name", sorted(set(EXPECTED) - CLASSES - EAGER_ONLY))
 def test_every_public_function_builds_in_a_graph(name, graph_mode):
     w = tf1.Variable([1.0, 2.0], name="w")
     calls = _calls(w)
@@ -149,7 +160,30 @@ def test_every_public_function_builds_in_a_graph(name, graph_mode):
     calls["step_outputs"] = lambda: safegrad.step_outputs(step()).global_norm
     calls["find_step_state"] = lambda: (step(), safegrad.find_step_state().total_skips.read_value())[1]
     calls["Saver"] = lambda: (step(), safegrad.Saver().saver_def.filename_tensor_name)[0]
+    calls["add_summaries"] = lambda: safegrad.add_summaries(step())
+
+    def explain_session():
+        train_op = step()
+        graph_mode.sess.run(tf1.global_variables_initializer())
+        assert safegrad.explain_session(graph_mode.sess, train_op) is None  # a healthy step
+        return train_op
+
+    calls["explain_session"] = explain_session
     graph_mode.run(calls[name])
+
+
+@pytest.mark.skipif(not TF2, reason="TF2 eager replay")
+def test_explain_runs_eagerly_and_is_refused_inside_a_function():
+    w = tf.Variable([1.0, 2.0], name="w")
+    step = tf.function(_calls(w)["clip_and_apply"])
+    assert safegrad.explain(step) is None  # a healthy step
+
+    @tf.function
+    def inside():
+        return safegrad.explain(step)
+
+    with pytest.raises(RuntimeError, match=r"replays a step eagerly"):
+        inside()
 
 
 def _python(code):

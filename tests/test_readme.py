@@ -77,3 +77,14 @@ def _new_keras2_optimizer():
     from safegrad._tf import tf
 
     return isinstance(adapter_for(tf.keras.optimizers.Adam()), Keras2OptimizerAdapter)
+
+
+def test_the_install_extras_bring_what_the_examples_need():
+    """A fresh `pip install "safegrad[tf]"` runs the Keras example: its TensorBoard callback needs
+    the tensorboard package, which TensorFlow 2.21 no longer installs."""
+    setup = open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read()
+    for extra in ("tf", "tf-cpu"):
+        match = re.search(r'"{}": \[([^\]]*)\]'.format(re.escape(extra)), setup)
+        assert match and '"tensorboard"' in match.group(1), extra
+    assert 'pip install "safegrad[tf]"' in README
+    assert "TensorBoard(logdir)" in block_after("example:keras", "python")

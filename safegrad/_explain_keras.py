@@ -1,0 +1,138 @@
+"""``safegrad.ExplainCallback``: Keras ``fit`` explains its first skipped batch by itself.
+
+During ``fit`` the callback wraps the model's ``train_step``: after each step, a ``tf.cond`` on
+the safe optimizer's ``skipped`` flag copies the batch to Python only when the step was skipped
+(healthy steps run one cond and copy nothing). At the end of that batch the callback replays it
+with ``safegrad.explain`` and logs the report. Built on the installed Keras's ``Callback`` on
+first access, so that ``import safegrad`` never imports Keras.
+"""
+
+import numpy as np
+
+from safegrad import _keras_compat
+from safegrad._compat import in_xla_context
+from safegrad._explain_eager import explain
+from safegrad._log import logger
+from safegrad._state import step_state
+from safegrad._tf import tf, tf1
+from safegrad._wrapping import is_wrapper
+
+_CALLBACK = []
+
+
+def explain_callback_class():
+    """``safegrad.ExplainCallback``, built on the installed Keras's Callback on first use."""
+    if not _CALLBACK:
+        _CALLBACK.append(_make_callback_class(_keras_compat.keras().callbacks.Callback))
+    return _CALLBACK[0]
+
+
+def _metric_variables(model):
+    variables = []
+    for metric in getattr(model, "metrics", []) or []:
+        variables += list(getattr(metric, "variables", []) or [])
+    return variables
+
+
+def _make_callback_class(base):
+    class ExplainCallback(base):
+        """Explains the first skipped step of Keras ``fit``: which op made the NaN, and where.
+
+        The model must be compiled with a ``safegrad.SafeOptimizer`` (``on_nonfinite="skip"``).
+        The first time a step is skipped, the batch is replayed with ``safegrad.explain``
+        (without applying anything; the epoch's metrics are restored after the replay), the
+        report is logged on the ``safegrad`` logger (WARNING) and kept in ``report``.
+
+        Healthy steps pay one ``tf.cond`` on a flag; the batch is copied to Python only on a
+        skipped step. Not under XLA (``jit_compile=True``): Python cannot run there.
+
+        Args:
+          every_skip: explain every skipped batch, not only the first (slow on each).
+
+        Example:
+          >>> callback = safegrad.ExplainCallback()
+          >>> model.fit(x, y, callbacks=[callback])
+          >>> print(callback.report)
+        """
+
+        def __init__(self, every_skip=False):
+            super().__init__()
+            self._every_skip = bool(every_skip)
+            self._batches = []
+            self._structure = None
+            self._original = None
+            self.report = None
+            self.reports = []
+
+        def on_train_begin(self, logs=None):
+            model = self.model
+            optimizer = getattr(model, "optimizer", None)
+            if not is_wrapper(optimizer):
+                raise ValueError(
+                    "ExplainCallback explains the steps a safegrad.SafeOptimizer skipped, but the "
+                    "model's optimizer is {!r}. Compile with optimizer=safegrad.SafeOptimizer(..., "
+                    "on_nonfinite='skip').".format(optimizer)
+                )
+            state = step_state(optimizer)
+            original = self._original = model.train_step
+            batches, callback = self._batches, self
+
+            def keep(*arrays):
+                if callback._every_skip or not (batches or callback.reports):
+                    batches.append(arrays)
+                return np.int64(0)
+
+            def train_step(data):
+                logs = original(data)
+                flat = tf.nest.flatten(data)
+                if not all(isinstance(t, tf.Tensor) for t in flat):
+                    raise ValueError(
+                        "ExplainCallback copies skipped batches of dense tensors; this batch has {}. "
+                        "Remove the callback, or call safegrad.explain(model.train_step, batch) "
+                        "yourself.".format([type(t).__name__ for t in flat])
+                    )
+                if in_xla_context():
+                    raise ValueError(
+                        "ExplainCallback cannot run under XLA (Python cannot be called there): "
+                        "compile with jit_compile=False."
+                    )
+                callback._structure = data
+
+                def copy_batch():
+                    with tf.control_dependencies([tf1.numpy_function(keep, flat, tf.int64)]):
+                        return tf.constant(True)
+
+                kept = tf.cond(state.skipped, copy_batch, lambda: tf.constant(False))
+                with tf.control_dependencies([kept]):
+                    return tf.nest.map_structure(tf.identity, logs)
+
+            model.train_step = train_step  # an instance attribute: the class's method is untouched
+            model.train_function = None
+            model.make_train_function(force=True)
+
+        def on_train_batch_end(self, batch, logs=None):
+            while self._batches:
+                arrays = self._batches.pop(0)
+                data = tf.nest.pack_sequence_as(self._structure, [tf.constant(a) for a in arrays])
+                metrics = _metric_variables(self.model)
+                saved = [v.numpy() for v in metrics]
+                try:
+                    report = explain(self._original, data)
+                finally:
+                    for variable, value in zip(metrics, saved):
+                        variable.assign(value)
+                self.reports.append(report)
+                self.report = self.reports[0]
+                logger.warning(
+                    "%s", report if report is not None else
+                    "safegrad: the skipped batch produced no NaN/Inf when replayed (not reproducible)"
+                )
+
+        def on_train_end(self, logs=None):
+            if self._original is not None:
+                self.model.__dict__.pop("train_step", None)
+                self.model.train_function = None
+                self._original = None
+
+    ExplainCallback.__module__ = "safegrad"
+    return ExplainCallback
