@@ -107,8 +107,8 @@ def _make_callback_class(base):
                     return tf.nest.map_structure(tf.identity, logs)
 
             model.train_step = train_step  # an instance attribute: the class's method is untouched
-            model.train_function = None
-            model.make_train_function(force=True)
+            model.train_function = None  # rebuilt around the wrapper (make_train_function has no
+            model.make_train_function()  # `force` argument on TF 2.4's Keras)
 
         def on_train_batch_end(self, batch, logs=None):
             while self._batches:
