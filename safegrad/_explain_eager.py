@@ -6,6 +6,7 @@ The step (a ``tf.function``, a plain function, a Keras ``train_step``) runs once
 steps inside the replay apply nothing (``_replay``). Nothing of this runs in a normal step.
 """
 
+import collections.abc
 import contextlib
 import gc
 import sys
@@ -30,10 +31,13 @@ class _Watcher:
         self.forward = {}  # id(output tensor) -> (op type, source); outputs kept alive below
         self.kept = []
         self.bad_variable_handles = []
+        self.read_a_batch = False
 
     def __call__(self, op_type, inputs, attrs, outputs, op_name=None, graph=None):
         if graph is not None or outputs is None:  # a graph being built: nothing runs here
             return None
+        if op_type in ("IteratorGetNext", "IteratorGetNextSync", "IteratorGetNextAsOptional"):
+            self.read_a_batch = True
         outputs = list(outputs)
         backward_of, forward_outputs = _differentiated_op()
         frames = _frames()
@@ -138,7 +142,10 @@ def explain(step, *args, **kwargs):
       A ``NonFiniteReport`` (print it), or None if the step produced no NaN/Inf this time.
 
     Raises:
-      TypeError: if ``step`` is not callable.
+      TypeError: if ``step`` is not callable, or an argument is an iterator (replaying would
+        take the next batch: pass the failing batch itself).
+      RuntimeError: if the step read its batch from an iterator inside itself (the replay saw
+        the next batch, not the failing one).
       RuntimeError: on TensorFlow 1.x (no op callbacks): use ``safegrad.explain_session``.
 
     Example:
@@ -157,8 +164,16 @@ def explain(step, *args, **kwargs):
             "safegrad.explain replays a step eagerly (TF2, outside tf.function). In a "
             "tf.compat.v1 graph, use safegrad.explain_session(sess, train_op, feed_dict)."
         )
-    data = []
     flat = tf.nest.flatten((args, kwargs))
+    iterators = [type(v).__name__ for v in flat if isinstance(v, collections.abc.Iterator)]
+    if iterators:
+        raise TypeError(
+            "safegrad.explain replays the step on the failing step's own batch, but an argument "
+            "is an iterator ({}): replaying would take, and use up, the next batch. Pass the "
+            "batch the failing step got (e.g. keep `x, y = next(iterator)` and call "
+            "explain(step, x, y)).".format(", ".join(iterators))
+        )
+    data = []
     for index, value in enumerate(flat):
         if isinstance(value, (tf.Tensor, np.ndarray, list, float)) or hasattr(value, "numpy"):
             text = nonfinite_locations("argument #{}".format(index), _numpy(value) if hasattr(value, "numpy")
@@ -171,6 +186,13 @@ def explain(step, *args, **kwargs):
             step(*args, **kwargs)
         except tf.errors.InvalidArgumentError:
             pass  # a raising step (or a user's own check): what ran is enough
+    if watcher.read_a_batch:
+        raise RuntimeError(
+            "The replayed step read its batch from a tf.data iterator inside the step, so it "
+            "replayed the NEXT batch (now used up), not the failing one: the report would "
+            "describe the wrong data. Take the batch outside the step function and pass it: "
+            "x, y = next(iterator); step(x, y); safegrad.explain(step, x, y)."
+        )
     first = watcher.first
     if first is None:
         return None

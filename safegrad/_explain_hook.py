@@ -4,9 +4,9 @@ Built on TensorFlow's ``SessionRunHook`` on first access (a lazy attribute of ``
 the Keras callbacks); the replay itself is ``explain_session``.
 """
 
-from safegrad._explain_session import explain_session
+from safegrad._explain_session import explain_session, in_graph_batch
 from safegrad._log import logger
-from safegrad._state import step_outputs
+from safegrad._state import step_outputs, step_report
 from safegrad._tf import tf, tf1
 
 
@@ -30,7 +30,12 @@ def _make_hook_class(base):
         keeps it in ``report``. Later skips are only logged by the step itself. A raising step
         stops the run before any hook sees its end: catch the error and call
         ``hook.explain_last_step()``, which replays the last training run's feed in the
-        session the hook was given.
+        session the hook was given (a step fed by placeholders; a batch read inside the graph
+        cannot be recovered from a run that raised).
+
+        A batch read inside the graph (a ``tf.data`` iterator, a queue) is fetched with every
+        training run until the first report (a host copy of the batch), so that the replay
+        explains that batch and does not read, and use up, the next one.
 
         Args:
           train_op: the op returned by ``clip_and_apply`` / ``SafeOptimizer.minimize``.
@@ -53,8 +58,13 @@ def _make_hook_class(base):
 
         def __init__(self, train_op, every_skip=False):
             super().__init__()
-            self._applied = step_outputs(train_op).applied
+            outputs = step_outputs(train_op)
+            self._applied = outputs.applied
             self._train_op = train_op
+            # A batch read inside the graph (tf.data iterator, queue) is fetched with each
+            # training run until a report is made, and fed back to replay THAT batch.
+            behind = [outputs.global_norm] + [t for t in step_report(train_op)[1:] if t is not None]
+            self._batch = [t for op in in_graph_batch(behind) for t in op.outputs]
             self._every_skip = bool(every_skip)
             self.report = None
             self.reports = []
@@ -73,7 +83,7 @@ def _make_hook_class(base):
             self._trained = True
             if self.reports and not self._every_skip:
                 return None
-            return tf1.train.SessionRunArgs(self._applied)
+            return tf1.train.SessionRunArgs({"applied": self._applied, "batch": self._batch})
 
         def explain_last_step(self):
             """The ``NonFiniteReport`` of the last training run (e.g. one that raised), replayed
@@ -94,9 +104,10 @@ def _make_hook_class(base):
             return report
 
         def after_run(self, run_context, run_values):
-            if run_values.results is None or bool(run_values.results):
+            if run_values.results is None or bool(run_values.results["applied"]):
                 return
-            feed = run_context.original_args.feed_dict
+            feed = dict(run_context.original_args.feed_dict or {})
+            feed.update(zip(self._batch, run_values.results["batch"]))
             report = explain_session(run_context.session, self._train_op, feed)
             self.reports.append(report)
             self.report = self.reports[0]

@@ -10,11 +10,12 @@ run: forward and backward pass, no update. Nothing of this runs in a normal step
 import re
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 
 from safegrad._report import (
-    NonFiniteReport, describe_array, is_finite_array, likely_cause, nonfinite_locations, user_frame,
+    DATA_OPS, NonFiniteReport, describe_array, is_finite_array, likely_cause, nonfinite_locations, user_frame,
 )
 from safegrad._state import STATE_SCOPE, step_outputs, step_report
 from safegrad._tf import tf, tf1
@@ -58,6 +59,33 @@ def _fetches_to_replay(fetches):
     return run + ([report] if report is not None else []), report
 
 
+# Ops that take the next batch from inside the graph: running them again reads a NEW batch.
+INPUT_OP_TYPES = frozenset([
+    "IteratorGetNext", "IteratorGetNextSync", "QueueDequeue", "QueueDequeueV2", "QueueDequeueMany",
+    "QueueDequeueManyV2", "QueueDequeueUpTo", "QueueDequeueUpToV2", "ReaderRead", "ReaderReadV2",
+    "ReaderReadUpTo", "ReaderReadUpToV2",
+])
+
+
+def in_graph_batch(tensors, feed_dict=None):
+    """The ops behind ``tensors`` that read a batch inside the graph (an iterator, a queue, a
+    reader) and whose outputs ``feed_dict`` does not replace."""
+    fed = {getattr(key, "name", key) for key in (feed_dict or {})}
+    found, seen, stack = [], set(), [t.op for t in tensors]
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        if op.type in INPUT_OP_TYPES:
+            if not all(t.name in fed for t in op.outputs):
+                found.append(op)
+            continue
+        stack.extend(t.op for t in op.inputs if t.name not in fed)
+        stack.extend(op.control_inputs)
+    return found
+
+
 def _frames(op):
     frames = []
     for frame in getattr(op, "traceback", None) or ():
@@ -69,16 +97,39 @@ def _frames(op):
     return frames
 
 
+# Where a lowered TF2 cond/loop puts its branches' nodes: <op>/<part>/_<n>/<node in the branch>.
+_BRANCHES = {"then": "then_branch", "else": "else_branch", "body": "body", "cond": "cond"}
+
+
 def _python_op(graph, node_name):
-    """The graph op of a dumped node; for a node of a lowered TF2 ``tf.cond``/``while_loop``
-    (``cond/then/_0/Log``), the enclosing cond/loop op."""
+    """The graph op of a dumped node. A Session runs TF2's ``tf.cond``/``while_loop`` lowered, as
+    nodes named ``cond/then/_0/Log``: that is the op ``Log`` of the cond's ``then_branch``
+    function (found in the graph's function library, nested conds too); the enclosing cond/loop
+    op if its function cannot be found."""
     parts = node_name.split("/")
     for end in range(len(parts), 0, -1):
         try:
-            return graph.get_operation_by_name("/".join(parts[:end]))
+            op = graph.get_operation_by_name("/".join(parts[:end]))
         except (KeyError, ValueError):
             continue
+        rest = parts[end:]
+        if len(rest) >= 3 and rest[0] in _BRANCHES and re.match(r"^_\d+$", rest[1]):
+            inner = _branch_graph(graph, op, _BRANCHES[rest[0]])
+            found = _python_op(inner, "/".join(rest[2:])) if inner is not None else None
+            if found is not None:
+                return found
+        return op
     return None
+
+
+def _branch_graph(graph, op, attribute):
+    """The FuncGraph of ``op``'s function attribute (``then_branch``, ``body``...), or None.
+    ``Graph._get_function`` is private; present with ``.graph`` from TF 2.4 to 2.21."""
+    try:
+        function = graph._get_function(op.get_attr(attribute).name)
+        return getattr(function, "graph", None)
+    except (AttributeError, ValueError, KeyError, TypeError):
+        return None
 
 
 _GRAD_SEGMENT = re.compile(r"^(.*?)_grad$")
@@ -130,6 +181,10 @@ def explain_session(session, fetches, feed_dict=None):
     replayed WITHOUT its update (only the forward and backward pass); a tensor (e.g. the loss)
     is simply recomputed. Costs nothing until called (slow while it runs).
 
+    A step that reads its batch inside the graph (a ``tf.data`` iterator, a queue) cannot be
+    replayed as it is, since that would read the next batch: feed the failing batch's values for
+    the iterator's outputs (``ExplainHook`` keeps them for you), or get a ValueError saying so.
+
     Args:
       session: the ``tf.compat.v1.Session`` the step ran in.
       fetches: the train op returned by ``clip_and_apply`` / ``SafeOptimizer.minimize`` /
@@ -142,6 +197,7 @@ def explain_session(session, fetches, feed_dict=None):
     Raises:
       TypeError: for a session without a graph, or ``fetches`` that is another op (running it
         would apply it again).
+      ValueError: for a step that reads its batch inside the graph, without that batch fed.
 
     Example:
       >>> _, applied = sess.run([train_op, outputs.applied], feed_dict=feed)
@@ -154,6 +210,24 @@ def explain_session(session, fetches, feed_dict=None):
             "`session` must be the tf.compat.v1.Session the step ran in. Received: session={!r}".format(session)
         )
     run, report_tensor = _fetches_to_replay(fetches)
+    readers = in_graph_batch(run, feed_dict)
+    if readers:
+        raise ValueError(
+            "The step reads its batch inside the graph ({}): replaying it would read, and use up, "
+            "the NEXT batch instead of the failing one. Feed the failing batch's values: "
+            "explain_session(sess, train_op, {{tensor: value}}) for the tensors {} (safegrad.ExplainHook "
+            "does this by itself).".format(
+                ", ".join("{} {!r}".format(op.type, op.name) for op in readers),
+                [t.name for op in readers for t in op.outputs],
+            )
+        )
+    with warnings.catch_warnings():  # TF 1.15's tfdbg uses numpy aliases numpy deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return _replay(session, graph, run, report_tensor, feed_dict)
+
+
+def _replay(session, graph, run, report_tensor, feed_dict):
     config_pb2, debug_data, debug_utils = _debug_modules()
     root = tempfile.mkdtemp(prefix="safegrad_explain_")
     try:
@@ -176,6 +250,10 @@ def explain_session(session, fetches, feed_dict=None):
         data = []
         for key, value in (feed_dict or {}).items():
             text = nonfinite_locations(getattr(key, "name", str(key)), value)
+            if text:
+                data.append(text)
+        if op_type in DATA_OPS and not data:  # data inside the graph: a constant, an iterator
+            text = nonfinite_locations("{}:{}".format(node_name, first.output_slot), first.get_tensor())
             if text:
                 data.append(text)
         return NonFiniteReport(

@@ -31,7 +31,13 @@ _CAUSES = (
 )
 
 _VARIABLE_READS = ("ReadVariableOp", "VariableV2", "Variable", "VarHandleOp", "Identity")
-_DATA_OPS = ("Placeholder", "PlaceholderWithDefault", "IteratorGetNext", "_Arg")
+# Ops whose output is the data itself: fed, a constant, read from an iterator, queue or file.
+DATA_OPS = frozenset([
+    "Placeholder", "PlaceholderWithDefault", "_Arg", "Const", "IteratorGetNext", "IteratorGetNextSync",
+    "QueueDequeue", "QueueDequeueV2", "QueueDequeueMany", "QueueDequeueManyV2", "QueueDequeueUpTo",
+    "QueueDequeueUpToV2", "ReaderRead", "ReaderReadV2", "ReaderReadUpTo", "ReaderReadUpToV2", "DecodeRaw",
+    "DecodeCSV", "ParseExample", "ParseExampleV2", "ParseSingleExample",
+])
 
 
 def describe_array(value):
@@ -86,8 +92,8 @@ def _few(indices, limit=10):
 def likely_cause(op_type, inputs, backward_of=None):
     """Plain-language likely cause of ``op_type`` producing NaN/Inf from ``inputs`` (arrays)."""
     arrays = [np.asarray(a) for a in inputs if a is not None]
-    if op_type in _DATA_OPS:
-        return "a NaN/Inf already in the input data (fed or read from the dataset)"
+    if op_type in DATA_OPS:
+        return "a NaN/Inf already in the input data (fed, read from the dataset, or a constant)"
     if any(not is_finite_array(a) for a in arrays):
         if op_type in ("SoftmaxCrossEntropyWithLogits", "SparseSoftmaxCrossEntropyWithLogits"):
             return "softmax cross-entropy on non-finite logits (they were NaN/Inf already: data or weights)"
@@ -129,7 +135,9 @@ class NonFiniteReport:
       cause: plain-language likely cause.
       nonfinite_data: where the step's input data held NaN/Inf (batch elements, features).
       nonfinite_variables: names of trainable variables holding NaN/Inf before the step.
-      nonfinite_gradients: the variables whose gradient was not finite (safegrad's own check).
+      nonfinite_gradients: the variables whose gradient was not finite in the replay (safegrad's
+        own check; an eager replay may list more than the compiled step, whose fused ops can
+        turn a NaN into 0, e.g. a Relu).
     """
 
     def __init__(self, op_type, op_name=None, source=None, backward_of=None, inputs=(), cause="",

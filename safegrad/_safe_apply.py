@@ -50,7 +50,9 @@ def _no_gradients_error(form):
 
 EXPLAIN_HINT = (
     ". To find the op that produced it, replay the step with safegrad.explain(step_fn, *args) "
-    "(tf.function, eager, Keras) or safegrad.explain_session(sess, train_op, feed_dict) (Session)."
+    "(tf.function, eager, Keras) or safegrad.explain_session(sess, train_op, feed_dict) (Session); "
+    "or skip such steps (on_nonfinite='skip') and let safegrad.ExplainCallback() (Keras fit) or "
+    "safegrad.ExplainHook(train_op) (MonitoredTrainingSession) explain the first one."
 )
 
 

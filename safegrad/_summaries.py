@@ -25,8 +25,8 @@ def add_summaries(step, step_number=None, family="safegrad"):
       evaluation data) they recompute the gradients and change nothing.
     * TF2 (eager, ``tf.function``): pass the optimizer (or ``SafeOptimizer``) after the step; the
       scalars are written to the default summary writer (``writer.as_default()``), at
-      ``step_number`` (default: ``tf.summary.experimental.get_step()``, else safegrad's count of
-      the optimizer's steps).
+      ``step_number`` (default: ``tf.summary.experimental.get_step()``, else the step's number
+      as safegrad's log gives it: the steps taken before it, from 0).
 
     Args:
       step: a graph train op from safegrad, or (TF2) the optimizer of the safe step.
@@ -70,7 +70,7 @@ def add_summaries(step, step_number=None, family="safegrad"):
     if step_number is None:
         step_number = tf.summary.experimental.get_step()
         if step_number is None:
-            step_number = state.steps
+            step_number = state.steps - 1  # the step just taken, numbered from 0 as in the log
     values = StepOutputs(
         global_norm=state.global_norm, applied=None, clipped=None, skipped=state.skipped,
         clip_ratio=state.clip_ratio, total_skips=state.total_skips,

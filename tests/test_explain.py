@@ -39,11 +39,15 @@ def exp_overflow(x, w):
 
 
 def log_in_cond(x, w):
-    return tf.reduce_sum(tf.cond(tf.reduce_sum(x) > -1e9, lambda: tf.math.log(x * w), lambda: x * w))
+    return tf.reduce_sum(tf.cond(tf.reduce_sum(x) > -1e9,
+                                 lambda: tf.math.log(x * w),  # the branch's own line is named
+                                 lambda: x * w))
 
 
 def sqrt_in_while_loop(x, w):
-    return tf.reduce_sum(tf.while_loop(lambda i, h: i < 3, lambda i, h: (i + 1, tf.sqrt(h - 2.0)), [0, x * w])[1])
+    return tf.reduce_sum(tf.while_loop(lambda i, h: i < 3,
+                                       lambda i, h: (i + 1, tf.sqrt(h - 2.0)),  # the body's line
+                                       [0, x * w])[1])
 
 
 def squared_weights(x, w):
@@ -70,7 +74,13 @@ SCENARIOS = {
 
 
 def expected_line(loss_fn):
-    return "{}:{}".format(HERE, loss_fn.__code__.co_firstlineno + 1)
+    """file:line of the op: the function's second line, or the line commented 'line' or 'named'."""
+    lines = open(__file__).read().splitlines()
+    first = loss_fn.__code__.co_firstlineno
+    for offset in range(1, 5):
+        if "# the " in lines[first - 1 + offset] and ("line" in lines[first - 1 + offset]):
+            return "{}:{}".format(HERE, first + offset)
+    return "{}:{}".format(HERE, first + 1)
 
 
 def run_and_explain(mode, loss_fn, x_bad, on_nonfinite="skip", w0=W0, healthy=False):
@@ -310,3 +320,65 @@ def test_explain_hook_explains_a_raising_step_on_request():
                     raise
     assert report.op_type == "Log" and report.source.endswith(expected_line(log_of_zero)), str(report)
     assert hook.report is report
+
+
+def test_a_batch_read_inside_the_graph_is_refused_or_fed_back(caplog):
+    """Replaying an iterator's step would read (and use up) the next batch: explain_session
+    refuses it unless the batch is fed; ExplainHook fetches the batch and feeds it back."""
+    data = np.ones([4, 2, 3], np.float32)
+    data[2, 0, 1] = 0.0  # the third batch has log(0)
+    with tf.Graph().as_default():
+        iterator = tf1.data.make_one_shot_iterator(tf.data.Dataset.from_tensor_slices(data))
+        x = iterator.get_next()
+        w = tf1.Variable(W0, name="w")
+        train_op = safegrad.clip_and_apply(tf1.train.GradientDescentOptimizer(0.1), log_of_zero(x, w),
+                                           on_nonfinite="skip")
+        hook = safegrad.ExplainHook(train_op)
+        with tf1.train.MonitoredTrainingSession(hooks=[hook]) as sess:
+            for _ in range(4):
+                sess.run(train_op)
+            with pytest.raises(tf.errors.OutOfRangeError):  # the replay used up no batch
+                sess.run(train_op)
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            with pytest.raises(ValueError, match=r"reads its batch inside the graph \(IteratorGetNext"):
+                safegrad.explain_session(sess, train_op)
+            report = safegrad.explain_session(sess, train_op, {x: data[2]})
+    assert hook.report.op_type == "Log" and hook.report.source.endswith(expected_line(log_of_zero))
+    assert report.op_type == "Log"
+
+
+@pytest.mark.skipif(not TF2, reason="TF2 eager replay")
+def test_explain_refuses_an_iterator_and_a_step_that_reads_one():
+    dataset = tf.data.Dataset.from_tensor_slices(np.zeros([3, 2, 3], np.float32))
+    w = tf.Variable(W0, name="w")
+    optimizer = tf1.train.GradientDescentOptimizer(0.1)
+
+    @tf.function
+    def step(x):
+        return safegrad.clip_and_apply(optimizer, lambda: log_of_zero(x, w), [w], on_nonfinite="skip")
+
+    iterator = iter(dataset)
+    with pytest.raises(TypeError, match=r"an argument is an iterator \(\w+\): replaying would take"):
+        safegrad.explain(step, iterator)
+
+    @tf.function
+    def step_reading_its_batch():
+        return step(next(iterator))
+
+    with pytest.raises(RuntimeError, match=r"read its batch from a tf.data iterator inside the step"):
+        safegrad.explain(step_reading_its_batch)
+
+
+def test_a_nan_constant_in_the_graph_is_data(graph_mode):
+    table = np.ones([2, 3], np.float32)
+    table[1, 2] = np.nan
+    w = tf1.Variable(W0, name="w")
+    train_op = safegrad.clip_and_apply(
+        tf1.train.GradientDescentOptimizer(0.1), tf.reduce_sum(w * tf.constant(table, name="table")),
+        on_nonfinite="skip",
+    )
+    graph_mode.sess.run(tf1.global_variables_initializer())
+    report = safegrad.explain_session(graph_mode.sess, train_op)
+    assert report.op_type == "Const" and "input data" in report.cause, str(report)
+    assert report.nonfinite_data == ["table:0: 1 NaN/Inf in batch elements [1], features [2]"], str(report)
