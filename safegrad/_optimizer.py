@@ -7,6 +7,7 @@ from safegrad._compat import do_not_convert, track_dependency
 from safegrad._keras_wrappers import wrapper_class
 from safegrad._policy import StepPolicy
 from safegrad._safe_apply import apply_gradients_safely
+from safegrad._state import step_state
 from safegrad._tf import as_operation, current_name_scope, tf, tf1
 from safegrad._validate import name as validate_name
 from safegrad._wrapping import WrapperSurface
@@ -91,6 +92,10 @@ class SafeOptimizer(WrapperSurface, tf1.train.Optimizer):
         self._safegrad_wrap(adapter, policy)
         super().__init__(use_locking=False, name=name or "Safe" + optimizer.get_name())
         track_dependency(self, optimizer, "optimizer")
+        if tf.executing_eagerly():
+            # TF2 eager: the counters exist before the first tf.function call, so that call is
+            # traced once (a function whose first call creates variables is traced twice).
+            step_state(self)
 
     @do_not_convert
     def compute_gradients(self, loss, var_list=None, **kwargs):

@@ -274,3 +274,34 @@ def test_tf2_checkpoint_of_keras_optimizer_keeps_clip_and_apply_counters(tmp_pat
     tf.train.Checkpoint(optimizer=optimizer2).restore(path)
     state = safegrad.step_state(optimizer2)
     assert [int(state.total_skips.numpy()), int(state.consecutive_skips.numpy())] == [2, 2]
+
+
+def _traces_of_a_step(optimizer):
+    """How many times a tf.function step applying with ``optimizer`` is traced over 3 calls."""
+    w = tf.Variable([1.0, 2.0, 3.0], name="w")
+    traces = []
+
+    @tf.function
+    def step(x):
+        traces.append(1)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(w * x)
+        optimizer.apply_gradients(zip(tape.gradient(loss, [w]), [w]))
+        return loss
+
+    for _ in range(3):
+        step(tf.constant([1.0, 2.0, 3.0]))
+    return len(traces)
+
+
+@pytest.mark.skipif(not TF2, reason="tf.function: TF2")
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+def test_a_function_using_safe_optimizer_is_traced_no_more_than_without(opt_name):
+    # safegrad's counters are created with the wrapper (eagerly), not in the function's first
+    # call: no extra trace. (Optimizers that create their own slots in the first call - v1 Adam,
+    # Keras 2.11+ - cost themselves one retrace, with or without safegrad.)
+    plain = _traces_of_a_step(OPTIMIZERS[opt_name]())
+    safe = _traces_of_a_step(safegrad.SafeOptimizer(OPTIMIZERS[opt_name](), clip_norm=1.0))
+    assert safe == plain, (safe, plain)
+    if opt_name == "v1-sgd":  # no variable of its own: one trace
+        assert safe == 1
