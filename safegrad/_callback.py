@@ -11,14 +11,10 @@ from safegrad._log import logger
 from safegrad._state import step_state
 from safegrad._wrapping import is_wrapper
 
-_CALLBACK = []
-
 
 def step_stats_callback_class():
     """``safegrad.StepStatsCallback``, built on the installed Keras's Callback on first use."""
-    if not _CALLBACK:
-        _CALLBACK.append(_make_callback_class(_keras_compat.keras().callbacks.Callback))
-    return _CALLBACK[0]
+    return _keras_compat.callback_class(_make_callback_class)
 
 
 def _make_callback_class(base):

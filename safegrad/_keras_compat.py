@@ -207,3 +207,14 @@ class KerasImportHook(importlib.abc.MetaPathFinder):
 
         loader.exec_module = exec_module
         return spec
+
+
+_CALLBACK_CLASSES = {}
+
+
+def callback_class(make):
+    """``make(Callback)`` with the installed Keras's ``keras.callbacks.Callback``, built once (on
+    first use, so that ``import safegrad`` never imports Keras) and cached: safegrad's callbacks."""
+    if make not in _CALLBACK_CLASSES:
+        _CALLBACK_CLASSES[make] = make(keras().callbacks.Callback)
+    return _CALLBACK_CLASSES[make]
