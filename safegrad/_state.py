@@ -35,6 +35,10 @@ _FIELDS = (
 )
 # Fields added after the first release: a meta graph exported before has none (read as None).
 _LATER_FIELDS = ("clip_ratio",)
+# Fields kept only eagerly (TF2), for TF2 summaries and Keras callbacks, and never saved: so that
+# checkpoints, Keras files and graphs keep the variables they had (a graph step's outputs have
+# them: ``step_outputs``).
+_EAGER_ONLY = ("clip_ratio",)
 
 # owner (optimizer) -> {"eager": StepState or None, "graphs": {graph: StepState}}
 _REGISTRY = weakref.WeakKeyDictionary()
@@ -63,6 +67,8 @@ class StepState(tf.Module):
         optimizer's routine overflow: the scale was lowered; never raised on.
       clip_ratio: float32, at the last step the scale the global-norm bound applied,
         ``min(1, clip_norm / global_norm)`` (1.0 without ``clip_norm``, and for a skipped step).
+        Eagerly (TF2) only, and not in ``all_variables`` (so Savers and Keras files keep the
+        variables they had); None in a graph, where ``step_outputs(train_op)`` has this step's.
       scope: in a graph, the name scope of the variables (``safegrad_state/<optimizer name>``).
     """
 
@@ -78,12 +84,15 @@ class StepState(tf.Module):
     @property
     def all_variables(self):
         """Every variable, in a fixed order (what savers list)."""
-        return [getattr(self, name) for name, _, _ in _FIELDS if getattr(self, name) is not None]
+        return [getattr(self, name) for name, _, _ in _FIELDS
+                if name not in _EAGER_ONLY and getattr(self, name) is not None]
 
     def record_applied(self, global_norm, clipped, reset_streak, clip_ratio=None):
         """Assignments for an applied step; returns the ops to depend on (none eagerly)."""
         ops = [
-            self.clip_ratio.assign(1.0 if clip_ratio is None else clip_ratio, read_value=False),
+            None if self.clip_ratio is None else self.clip_ratio.assign(
+                1.0 if clip_ratio is None else clip_ratio, read_value=False
+            ),
             self.global_norm.assign(global_norm, read_value=False),
             self.clipped.assign(clipped, read_value=False),
             self.skipped.assign(False, read_value=False),
@@ -106,7 +115,7 @@ class StepState(tf.Module):
             self.total_skips.assign_add(1, read_value=False),
             self.global_norm.assign(global_norm, read_value=False),
             self.clipped.assign(False, read_value=False),
-            self.clip_ratio.assign(1.0, read_value=False),
+            None if self.clip_ratio is None else self.clip_ratio.assign(1.0, read_value=False),
             self.skipped.assign(True, read_value=False),
             self.steps.assign_add(1, read_value=False),
         ]
@@ -133,7 +142,7 @@ class StepState(tf.Module):
             "clipped_steps": int(self.clipped_steps.numpy()),
             "global_norm_sum": float(self.global_norm_sum.numpy()),
             "overflow_skips": int(self.overflow_skips.numpy()),
-            "clip_ratio": float(self.clip_ratio.numpy()),
+            **({} if self.clip_ratio is None else {"clip_ratio": float(self.clip_ratio.numpy())}),
         }
 
 
@@ -155,7 +164,8 @@ def _create_variables(owner_name):
                 return {name: new_state_variable(v, dtype, name) for name, dtype, v in _FIELDS}, None
         # An absolute scope: the same names whatever scope the step is built in.
         with tf1.name_scope("safegrad_state/"), tf1.name_scope(owner_name) as scope:
-            variables = {name: new_state_variable(v, dtype, name) for name, dtype, v in _FIELDS}
+            variables = {name: new_state_variable(v, dtype, name) for name, dtype, v in _FIELDS
+                         if name not in _EAGER_ONLY}
         scope = scope.rstrip("/")
         tf1.add_to_collection(STATE_COLLECTION, scope)
         return variables, scope

@@ -283,7 +283,7 @@ def test_step_state_prints_its_values(mode):
     text = repr(safegrad.step_state(optimizer))
     if mode.name == "graph":  # read with a Session: the repr says where the values are
         assert re.match(r"StepState\(graph variables: (\S+/)?consecutive_skips:0, (\S+/)?total_skips:0, ", text), text
-        assert re.search(r"overflow_skips:0, (\S+/)?clip_ratio:0; read them with sess.run\)$", text), text
+        assert text.endswith("overflow_skips:0; read them with sess.run)"), text
     else:
         assert text == (
             "StepState(consecutive_skips=1, total_skips=1, global_norm=nan, steps=2, clipped_steps=0, "

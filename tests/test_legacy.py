@@ -87,7 +87,7 @@ def test_adding_safegrad_renames_no_variable(optimizer_name, how, policy):
     assert [n for n in after if not n.startswith("safegrad_state/")] == before
     assert {n.rsplit("/", 1)[1] for n in after if n.startswith("safegrad_state/")} == {
         "consecutive_skips", "total_skips", "global_norm", "clipped", "skipped", "steps",
-        "clipped_steps", "global_norm_sum", "overflow_skips", "clip_ratio",
+        "clipped_steps", "global_norm_sum", "overflow_skips",
     }
 
 
