@@ -128,12 +128,14 @@ class StepState(tf.Module):
             # A graph's variables are read with a Session: show where they are.
             names = ", ".join(v.name for v in self.all_variables)
             return "StepState(graph variables: {}; read them with sess.run)".format(names)
+        if self.clip_ratio is not None:
+            values["clip_ratio"] = float(self.clip_ratio.numpy())
         values["clipped"] = bool(self.clipped.numpy())
         values["skipped"] = bool(self.skipped.numpy())
         return "StepState({})".format(", ".join("{}={!r}".format(k, v) for k, v in values.items()))
 
     def snapshot(self):
-        """Current values as a dict of Python numbers (eager only)."""
+        """Current values of the saved fields as a dict of Python numbers (eager only)."""
         return {
             "consecutive_skips": int(self.consecutive_skips.numpy()),
             "total_skips": int(self.total_skips.numpy()),
@@ -142,7 +144,6 @@ class StepState(tf.Module):
             "clipped_steps": int(self.clipped_steps.numpy()),
             "global_norm_sum": float(self.global_norm_sum.numpy()),
             "overflow_skips": int(self.overflow_skips.numpy()),
-            **({} if self.clip_ratio is None else {"clip_ratio": float(self.clip_ratio.numpy())}),
         }
 
 
