@@ -5,7 +5,7 @@ the Keras callbacks); the replay itself is ``explain_session``.
 """
 
 from safegrad._explain_session import explain_session, in_graph_batch
-from safegrad._log import logger
+from safegrad._log import log_report
 from safegrad._state import step_outputs, step_report
 from safegrad._tf import tf, tf1
 
@@ -111,8 +111,7 @@ def _make_hook_class(base):
             report = explain_session(run_context.session, self._train_op, feed)
             self.reports.append(report)
             self.report = self.reports[0]
-            logger.warning("%s", report if report is not None else
-                           "safegrad: the skipped step produced no NaN/Inf when replayed (not reproducible)")
+            log_report(report, "step")
 
     ExplainHook.__module__ = "safegrad"
     return ExplainHook

@@ -12,7 +12,7 @@ import numpy as np
 from safegrad import _keras_compat
 from safegrad._compat import in_xla_context
 from safegrad._explain_eager import explain
-from safegrad._log import logger
+from safegrad._log import log_report
 from safegrad._state import step_state
 from safegrad._tf import tf, tf1
 from safegrad._wrapping import is_wrapper
@@ -119,10 +119,7 @@ def _make_callback_class(base):
                         variable.assign(value)
                 self.reports.append(report)
                 self.report = self.reports[0]
-                logger.warning(
-                    "%s", report if report is not None else
-                    "safegrad: the skipped batch produced no NaN/Inf when replayed (not reproducible)"
-                )
+                log_report(report, "batch")
 
         def on_train_end(self, logs=None):
             if self._original is not None:

@@ -133,13 +133,14 @@ def _branch_graph(graph, op, attribute):
 
 
 _GRAD_SEGMENT = re.compile(r"^(.*?)_grad$")
+_GRADIENTS_SCOPE = re.compile(r"^gradients(_\d+)?$")  # tf.gradients' name scope
 
 
 def _forward_op(graph, node_name):
     """For a node of ``tf.gradients``'s backward pass (``gradients/cond/Log_grad/Reciprocal``),
     the forward op it differentiates (``cond/Log``); else None."""
     parts = node_name.split("/")
-    starts = [i for i, part in enumerate(parts) if re.match(r"^gradients(_\d+)?$", part)]
+    starts = [i for i, part in enumerate(parts) if _GRADIENTS_SCOPE.match(part)]
     if not starts:
         return None
     for index in range(starts[0] + 1, len(parts)):
@@ -273,7 +274,7 @@ def _replay(session, graph, run, report_tensor, feed_dict):
 
 
 def _in_gradients_scope(name):
-    return any(re.match(r"^gradients(_\d+)?$", part) for part in name.split("/"))
+    return any(_GRADIENTS_SCOPE.match(part) for part in name.split("/"))
 
 
 def _uses_gradients(graph):

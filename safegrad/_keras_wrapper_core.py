@@ -234,6 +234,12 @@ INSIDE_A_LOSS_SCALE_OPTIMIZER = (
 )
 
 
+def inner_property(name):
+    """A read-only property that is the wrapped optimizer's attribute ``name``."""
+    return property(lambda self: getattr(self._safegrad_inner, name),
+                    doc="The wrapped optimizer's ``{}``.".format(name))
+
+
 class LossScaleSurface:
     """The public API of a LossScaleOptimizer, on a SafeOptimizer wrapping one: the wrapped
     loss-scale optimizer's (custom loops call ``get_scaled_loss``/``scale_loss`` etc. on it)."""
@@ -244,33 +250,13 @@ class LossScaleSurface:
     def get_unscaled_gradients(self, grads):  # Keras 2
         return self._safegrad_inner.get_unscaled_gradients(grads)
 
-    @property
-    def loss_scale(self):  # Keras 2
-        return self._safegrad_inner.loss_scale
-
-    @property
-    def dynamic(self):  # Keras 2
-        return self._safegrad_inner.dynamic
-
-    @property
-    def dynamic_counter(self):  # Keras 2
-        return self._safegrad_inner.dynamic_counter
-
-    @property
-    def initial_scale(self):
-        return self._safegrad_inner.initial_scale
-
-    @property
-    def dynamic_growth_steps(self):
-        return self._safegrad_inner.dynamic_growth_steps
-
-    @property
-    def dynamic_scale(self):  # Keras 3
-        return self._safegrad_inner.dynamic_scale
-
-    @property
-    def step_counter(self):  # Keras 3
-        return self._safegrad_inner.step_counter
+    loss_scale = inner_property("loss_scale")  # Keras 2
+    dynamic = inner_property("dynamic")  # Keras 2
+    dynamic_counter = inner_property("dynamic_counter")  # Keras 2
+    initial_scale = inner_property("initial_scale")
+    dynamic_growth_steps = inner_property("dynamic_growth_steps")
+    dynamic_scale = inner_property("dynamic_scale")  # Keras 3
+    step_counter = inner_property("step_counter")  # Keras 3
 
 
 def bases_of_wrapper(base, loss_scale, delegating=None):

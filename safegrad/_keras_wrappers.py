@@ -33,6 +33,7 @@ from safegrad._keras_wrapper_core import (
     bases_of_wrapper,
     hyper_owner,
     inner_name,
+    inner_property,
 )
 from safegrad._loss_scale import LossScaleAdapter
 from safegrad._tf import as_operation, tf
@@ -178,13 +179,8 @@ def _keras2_class(base, loss_scale):
             self._safegrad_apply(grads_and_vars, name=name, aggregate=aggregate)
             return self.iterations
 
-        @property
-        def use_ema(self):
-            return self._safegrad_inner.use_ema
-
-        @property
-        def ema_momentum(self):
-            return self._safegrad_inner.ema_momentum
+        use_ema = inner_property("use_ema")
+        ema_momentum = inner_property("ema_momentum")
 
     return SafeOptimizer
 

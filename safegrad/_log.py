@@ -60,3 +60,10 @@ def log_skipped_step(step, global_norm, report, overflow=None):
         return []
     return [py_function_op(_log_skipped, [step, global_norm, report, overflow], tf.int64,
                            token="safegrad_log_skipped_step")]
+
+
+def log_report(report, replayed):
+    """Logs (WARNING) the ``NonFiniteReport`` of a replayed skipped step, or that the replay of
+    ``replayed`` (e.g. "step", "batch") produced no NaN/Inf."""
+    logger.warning("%s", report if report is not None else
+                   "safegrad: the skipped {} produced no NaN/Inf when replayed (not reproducible)".format(replayed))
