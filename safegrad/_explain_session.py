@@ -15,7 +15,8 @@ import warnings
 import numpy as np
 
 from safegrad._report import (
-    DATA_OPS, NonFiniteReport, describe_array, is_finite_array, likely_cause, nonfinite_locations, user_frame,
+    DATA_OPS, INPUT_OP_TYPES, NonFiniteReport, describe_array, is_finite_array, likely_cause, nonfinite_locations,
+    user_frame,
 )
 from safegrad._state import STATE_SCOPE, step_outputs, step_report
 from safegrad._tf import tf, tf1
@@ -57,14 +58,6 @@ def _fetches_to_replay(fetches):
     if not run:
         raise TypeError("`fetches` must not be empty. Received: fetches={!r}".format(fetches))
     return run + ([report] if report is not None else []), report
-
-
-# Ops that take the next batch from inside the graph: running them again reads a NEW batch.
-INPUT_OP_TYPES = frozenset([
-    "IteratorGetNext", "IteratorGetNextSync", "QueueDequeue", "QueueDequeueV2", "QueueDequeueMany",
-    "QueueDequeueManyV2", "QueueDequeueUpTo", "QueueDequeueUpToV2", "ReaderRead", "ReaderReadV2",
-    "ReaderReadUpTo", "ReaderReadUpToV2",
-])
 
 
 def in_graph_batch(tensors, feed_dict=None):

@@ -31,12 +31,16 @@ _CAUSES = (
 )
 
 _VARIABLE_READS = ("ReadVariableOp", "VariableV2", "Variable", "VarHandleOp", "Identity")
+# Ops that take the next batch from inside the graph: running them again reads a NEW batch.
+INPUT_OP_TYPES = frozenset([
+    "IteratorGetNext", "IteratorGetNextSync", "QueueDequeue", "QueueDequeueV2", "QueueDequeueMany",
+    "QueueDequeueManyV2", "QueueDequeueUpTo", "QueueDequeueUpToV2", "ReaderRead", "ReaderReadV2",
+    "ReaderReadUpTo", "ReaderReadUpToV2",
+])
 # Ops whose output is the data itself: fed, a constant, read from an iterator, queue or file.
-DATA_OPS = frozenset([
-    "Placeholder", "PlaceholderWithDefault", "_Arg", "Const", "IteratorGetNext", "IteratorGetNextSync",
-    "QueueDequeue", "QueueDequeueV2", "QueueDequeueMany", "QueueDequeueManyV2", "QueueDequeueUpTo",
-    "QueueDequeueUpToV2", "ReaderRead", "ReaderReadV2", "ReaderReadUpTo", "ReaderReadUpToV2", "DecodeRaw",
-    "DecodeCSV", "ParseExample", "ParseExampleV2", "ParseSingleExample",
+DATA_OPS = INPUT_OP_TYPES | frozenset([
+    "Placeholder", "PlaceholderWithDefault", "_Arg", "Const", "DecodeRaw", "DecodeCSV", "ParseExample",
+    "ParseExampleV2", "ParseSingleExample",
 ])
 
 
