@@ -30,6 +30,17 @@ def _metric_variables(model):
     return variables
 
 
+def _compiled_with(model):
+    """What the model's train function is built from; ``compile`` replaces some of them."""
+    names = ("optimizer", "_compile_loss", "compiled_loss", "_compile_metrics", "compiled_metrics",
+             "_steps_per_execution", "_jit_compile", "_run_eagerly")
+    return [getattr(model, name, None) for name in names]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(x is y or (isinstance(x, (bool, int)) and x == y) for x, y in zip(a, b))
+
+
 def _make_callback_class(base):
     class ExplainCallback(base):
         """Explains the first skipped step of Keras ``fit``: which op made the NaN, and where.
@@ -57,6 +68,8 @@ def _make_callback_class(base):
             self._batches = []
             self._structure = None
             self._original = None
+            self._restore = None
+            self._wrapped = None  # (model, compiled with, its train_step, wrapper, train_function)
             self.report = None
             self.reports = []
 
@@ -69,6 +82,15 @@ def _make_callback_class(base):
                     "model's optimizer is {!r}. Compile with optimizer=safegrad.SafeOptimizer(..., "
                     "on_nonfinite='skip').".format(optimizer)
                 )
+            self._restore = model.train_function
+            compiled = _compiled_with(model)
+            cached = self._wrapped
+            if cached is not None and cached[0] is model and _same(cached[1], compiled):
+                # The same model and compilation as in the last fit: its wrapped train function
+                # is reused (built and traced again, it would cost each fit call a retrace).
+                self._original = cached[2]
+                model.train_step, model.train_function = cached[3], cached[4]
+                return
             state = step_state(optimizer)
             original = self._original = model.train_step
             batches, callback = self._batches, self
@@ -105,6 +127,7 @@ def _make_callback_class(base):
             model.train_step = train_step  # an instance attribute: the class's method is untouched
             model.train_function = None  # rebuilt around the wrapper (make_train_function has no
             model.make_train_function()  # `force` argument on TF 2.4's Keras)
+            self._wrapped = (model, compiled, original, train_step, model.train_function)
 
         def on_train_batch_end(self, batch, logs=None):
             while self._batches:
@@ -124,8 +147,8 @@ def _make_callback_class(base):
         def on_train_end(self, logs=None):
             if self._original is not None:
                 self.model.__dict__.pop("train_step", None)
-                self.model.train_function = None
-                self._original = None
+                self.model.train_function = self._restore  # the model's own, as before the fit
+                self._original = self._restore = None
 
     ExplainCallback.__module__ = "safegrad"
     return ExplainCallback

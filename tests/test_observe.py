@@ -205,6 +205,40 @@ def test_explain_callback_reports_the_first_skipped_batch_of_fit(caplog):
 
 
 @pytest.mark.skipif(not TF2, reason="Keras fit: TF2")
+def test_explain_callback_traces_the_step_once_across_fit_calls():
+    keras = tf.keras
+    model = keras.Sequential([keras.layers.Dense(2, kernel_initializer="ones"), LogLayer(), keras.layers.Dense(1)])
+    traces = []
+    step = model.train_step
+
+    def counted(data):
+        traces.append(1)
+        return step(data)
+
+    model.train_step = counted
+    x, y = np.ones([4, 3], np.float32), np.zeros([4, 1], np.float32)
+    callback = safegrad.ExplainCallback()
+
+    def fit(inputs):
+        model.fit(inputs, y, batch_size=2, shuffle=False, verbose=0, callbacks=[callback])
+
+    model.compile(optimizer=safegrad.SafeOptimizer(keras.optimizers.SGD(0.01), on_nonfinite="skip"), loss="mse")
+    fit(x)
+    first = len(traces)
+    fit(x)
+    fit(x)
+    assert len(traces) == first  # the wrapped train function is reused, not traced again
+    assert callback.report is None
+    # A recompile (new optimizer, loss) builds it again, and it explains with the new compilation.
+    model.compile(optimizer=safegrad.SafeOptimizer(keras.optimizers.SGD(0.01), on_nonfinite="skip"), loss="mae")
+    bad = x.copy()
+    bad[3] = -1.0
+    fit(bad)
+    assert callback.report is not None and callback.report.op_type == "Log", str(callback.report)
+    assert safegrad.step_state(model.optimizer).total_skips.numpy() == 1
+
+
+@pytest.mark.skipif(not TF2, reason="Keras fit: TF2")
 def test_explain_callback_needs_a_safe_optimizer():
     keras = tf.keras
     model = keras.Sequential([keras.layers.Dense(1)])
