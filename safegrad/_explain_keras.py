@@ -31,10 +31,13 @@ def _metric_variables(model):
 
 
 def _compiled_with(model):
-    """What the model's train function is built from; ``compile`` replaces some of them."""
+    """What the model's train function is built from; ``compile`` replaces some of them.
+
+    Instance attributes only (Keras 3: ``_compile_loss``...; Keras 2: ``compiled_loss``...):
+    properties and methods would give a new object on each read."""
     names = ("optimizer", "_compile_loss", "compiled_loss", "_compile_metrics", "compiled_metrics",
-             "_steps_per_execution", "_jit_compile", "_run_eagerly")
-    return [getattr(model, name, None) for name in names]
+             "_steps_per_execution", "steps_per_execution", "_jit_compile", "jit_compile", "_run_eagerly")
+    return [vars(model).get(name) for name in names]
 
 
 def _same(a, b):

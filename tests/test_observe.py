@@ -208,27 +208,25 @@ def test_explain_callback_reports_the_first_skipped_batch_of_fit(caplog):
 def test_explain_callback_traces_the_step_once_across_fit_calls():
     keras = tf.keras
     model = keras.Sequential([keras.layers.Dense(2, kernel_initializer="ones"), LogLayer(), keras.layers.Dense(1)])
-    traces = []
-    step = model.train_step
-
-    def counted(data):
-        traces.append(1)
-        return step(data)
-
-    model.train_step = counted
     x, y = np.ones([4, 3], np.float32), np.zeros([4, 1], np.float32)
     callback = safegrad.ExplainCallback()
+    functions = []
+
+    class Seen(keras.callbacks.Callback):  # the train function fit runs (a new one is traced anew)
+        def on_train_batch_begin(self, batch, logs=None):
+            functions.append(self.model.train_function)
 
     def fit(inputs):
-        model.fit(inputs, y, batch_size=2, shuffle=False, verbose=0, callbacks=[callback])
+        model.fit(inputs, y, batch_size=2, shuffle=False, verbose=0, callbacks=[callback, Seen()])
 
     model.compile(optimizer=safegrad.SafeOptimizer(keras.optimizers.SGD(0.01), on_nonfinite="skip"), loss="mse")
     fit(x)
-    first = len(traces)
     fit(x)
     fit(x)
-    assert len(traces) == first  # the wrapped train function is reused, not traced again
+    assert len(functions) == 6 and all(f is functions[0] for f in functions)  # reused, not traced again
     assert callback.report is None
+    model.fit(x, y, verbose=0)
+    assert model.train_function is not functions[0]  # without the callback: the model's own
     # A recompile (new optimizer, loss) builds it again, and it explains with the new compilation.
     model.compile(optimizer=safegrad.SafeOptimizer(keras.optimizers.SGD(0.01), on_nonfinite="skip"), loss="mae")
     bad = x.copy()
