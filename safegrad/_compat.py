@@ -50,6 +50,38 @@ def lazy_cond(pred, true_fn, false_fn):
     return result
 
 
+def graph_cond(pred, true_fn, false_fn):
+    """A TF1 cond for a Session graph, built for the cost of its branches' own ops.
+
+    ``tf.cond`` wraps every op of a branch in a cond context (TF1 control flow: a Switch per
+    outside tensor and per-op bookkeeping) or in a branch function (TF2 control flow: a capture
+    per outside tensor, lowered back to Switch/Merge before running). Around an optimizer's
+    update of N variables either costs as much to build as the update itself (TF 1.15: 2.0 s vs
+    0.6 s for 1,000 variables; TF 2.21: a capture per variable handle, 0.9 ms each). Here each
+    branch is built in the graph as it is, every op of it created under a control dependency on
+    the branch's pivot (the Identity of one Switch of ``pred``, as TF1's cond has): the untaken
+    branch's pivot is dead, so are its ops, and none runs - TF1's cond semantics, for one Switch.
+    The branches' results (one scalar tensor each) are joined by a Merge.
+
+    Session graphs only (outside ``tf.function``, where auto control dependencies would spread
+    a dead op's deadness); takes ref variables (nothing is captured). Private API
+    (``control_flow_ops.switch``/``merge``), present from TF 1.15 to 2.21.
+    """
+    from tensorflow.python.ops import control_flow_ops
+
+    with tf.name_scope("safegrad_cond"):
+        pred = tf.convert_to_tensor(pred)
+        if_false, if_true = control_flow_ops.switch(pred, pred)
+        pivots = (tf.identity(if_false, name="switch_f"), tf.identity(if_true, name="switch_t"))
+    results = []
+    for branch, pivot in ((false_fn, pivots[0]), (true_fn, pivots[1])):
+        with tf.control_dependencies([pivot]):
+            # (the Identity is created here, so it is gated even if the branch returns a
+            # tensor made before the cond)
+            results.append(tf.identity(branch()))
+    return control_flow_ops.merge(results, name="safegrad_cond_merge")[0]
+
+
 def colocate_with(tensor):
     """Colocates graph ops with ``tensor``, as ``tf.clip_by_global_norm`` does.
 

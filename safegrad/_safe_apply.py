@@ -11,28 +11,21 @@ cross-replica context (``_distribute``). ``clip_and_apply``, ``apply_gradients``
 from safegrad import _distribute, _validate
 from safegrad._check import check_no_xla, fail_unless, failure_message
 from safegrad._clip import clip_for_policy
-from safegrad._compat import do_not_convert, in_xla_context
+from safegrad._compat import do_not_convert, graph_cond, in_xla_context
 from safegrad._log import log_skipped_step
 from safegrad._norm import dense_equivalent_values, inspect_gradients
 from safegrad._replay import is_replaying, note_replayed_step
 from safegrad._state import StepOutputs, record_step_outputs, step_state
 from safegrad._structure import GradientList
 from safegrad._tf import building_v1_graph, current_name_scope, tf, tf1
-from safegrad._variables import is_ref_variable, is_trainable_dtype, variable_name
+from safegrad._variables import is_trainable_dtype, variable_name
 
 
-def _refuse_ref_variables_in_a_v2_cond(variables):
-    """The skip decision is a tf.cond; with TF2's control flow (on by default in TF 2.x graphs) a
-    cond branch is a function, into which a ref variable cannot be passed (TF fails with "input
-    types ... float32_ref"). TF1 control flow (TF 1.15, ``disable_v2_behavior``) takes them."""
-    refs = [variable_name(v) for v in variables if is_ref_variable(v)]
-    if refs and building_v1_graph() and tf1.control_flow_v2_enabled():
-        raise ValueError(
-            "on_nonfinite='skip' decides in a tf.cond, and with TF2 control flow a tf.cond cannot "
-            "update ref variables ({}). Use resource variables (the TF2 default), or TF1 control "
-            "flow: tf.compat.v1.disable_v2_behavior() (or disable_control_flow_v2()) before "
-            "building the graph.".format(", ".join(refs))
-        )
+def _decide(pred, apply_fn, skip_fn):
+    """``apply_fn()`` if ``pred`` else ``skip_fn()``: in a Session graph a ``graph_cond`` (built for
+    the cost of the update itself, and taking ref variables), else ``tf.cond``."""
+    cond = graph_cond if building_v1_graph() else tf.cond
+    return cond(pred, apply_fn, skip_fn)
 
 
 def _no_gradients_error(form):
@@ -209,16 +202,14 @@ def apply_gradients_safely(
             if scaling is None:
                 applied = apply_update(*step)
             else:
-                _refuse_ref_variables_in_a_v2_cond(variables)
-                applied = tf.cond(
+                applied = _decide(
                     raw.all_finite,
                     lambda: apply_update(*step),
                     lambda: skip_update(raw.global_norm, raw.report, fixable, raw.step),
                 )
     else:
-        _refuse_ref_variables_in_a_v2_cond(variables)
         if replica is None:
-            applied = tf.cond(
+            applied = _decide(
                 raw.all_finite,
                 lambda: apply_update(*step),
                 lambda: skip_update(raw.global_norm, raw.report, fixable, raw.step),
