@@ -239,6 +239,14 @@ def measure(spec, mode, variants, rounds, steps, warmup):
         if name.startswith("X") and not _has_jit():
             continue
         built[name] = maker(spec, name)
+    times = round_robin(built, rounds, steps, warmup)
+    for name, entry in times.items():
+        entry["ops"] = built[name].ops
+    return times
+
+
+def round_robin(built, rounds, steps, warmup):
+    """Times each built step (a callable) round-robin; median/min/max seconds per step by name."""
     for step in built.values():
         for _ in range(warmup):
             step()
@@ -249,7 +257,7 @@ def measure(spec, mode, variants, rounds, steps, warmup):
             for _ in range(steps):
                 step()
             samples[name].append((time.perf_counter() - start) / steps)
-    return {name: {"median_s": statistics.median(s), "min_s": min(s), "max_s": max(s), "ops": built[name].ops}
+    return {name: {"median_s": statistics.median(s), "min_s": min(s), "max_s": max(s)}
             for name, s in samples.items()}
 
 
@@ -257,7 +265,7 @@ def ratios(result):
     """Ratios to V0, and the pairs the targets are about (when both sides were measured)."""
     median = {name: r["median_s"] for name, r in result.items()}
     out = {name: t / median["V0"] for name, t in median.items()} if "V0" in median else {}
-    for a, b in (("SR", "V1"), ("SS", "V1"), ("SR", "V3"), ("L", "V3"), ("XS", "X1")):
+    for a, b in (("SR", "V1"), ("SS", "V1"), ("SR", "L"), ("SR", "V3"), ("L", "V3"), ("XS", "X1")):
         if a in median and b in median:
             out["{}/{}".format(a, b)] = median[a] / median[b]
     if {"SR", "L", "V0"} <= set(median):
@@ -306,7 +314,7 @@ def main(argv=None):
                 if name in result:
                     print("  {:<4} {:>10.2f} {:>8.3f} {:>7d}".format(
                         name, 1e3 * result[name]["median_s"], rel.get(name, float("nan")), result[name]["ops"]))
-            for key in ("SR/V1", "SS/V1", "SR/V3", "L/V3", "(SR-V0)/(L-V0)", "XS/X1"):
+            for key in ("SR/V1", "SS/V1", "SR/L", "SR/V3", "L/V3", "(SR-V0)/(L-V0)", "XS/X1"):
                 if key in rel:
                     print("  {:<16} {:.3f}".format(key, rel[key]))
             sys.stdout.flush()

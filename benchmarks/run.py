@@ -1,7 +1,12 @@
-"""Runs the step benchmark several times (one process each) and the build-scale benchmark, checks
-the performance targets, and writes <out>.json and <out>.md.
+"""Runs every benchmark, checks the performance targets, and writes <out>.json and <out>.md.
 
-Usage:  python benchmarks/run.py --out benchmarks/results/tf221 [--runs 3] [--rounds 9]
+* ``bench_step.py`` several times (one process each): step time of clip-and-check variants;
+* ``bench_models.py``: real models, loss scaling, the explain issue's additions, first-call traces;
+* ``bench_scale.py``: graph build and ``tf.function`` trace time against the variable count;
+* ``bench_memory.py``: peak resident memory of a step (one process per measurement).
+
+Usage:  python benchmarks/run.py --out benchmarks/results/tf221 [--runs 5] [--rounds 9]
+                                 [--parts step,models,scale,memory]
         (what `tox -e bench-tf115,bench-tf221` runs)
 """
 
@@ -14,10 +19,11 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PARTS = ("step", "models", "scale", "memory")
 
-# (description, model, mode, ratio key, bound[, TF major it applies to]); modes missing on a TF
-# version are skipped.
-TARGETS = [
+# Step time (bench_step.py): (description, model, mode, ratio key, bound); medians over runs;
+# modes missing on a TF version are skipped.
+STEP_TARGETS = [
     ("raise <= 1.05 x tf.clip_by_global_norm", "M1", "session", "SR/V1", 1.05),
     ("raise <= 1.05 x tf.clip_by_global_norm", "M1", "function", "SR/V1", 1.05),
     ("raise <= 1.05 x tf.clip_by_global_norm", "M2", "session", "SR/V1", 1.05),
@@ -26,16 +32,114 @@ TARGETS = [
     ("skip <= 1.10 x tf.clip_by_global_norm", "M1", "function", "SS/V1", 1.10),
     ("skip <= 1.10 x tf.clip_by_global_norm", "M2", "session", "SS/V1", 1.10),
     ("skip <= 1.10 x tf.clip_by_global_norm", "M2", "function", "SS/V1", 1.10),
-    ("raise <= 0.6 x tutorial pattern", "M1", "session", "SR/V3", 0.60, 1),
-    ("(context) the norm read alone vs tutorial pattern", "M1", "session", "L/V3", 0.60, 1),
+    ("raise <= 1.1 x the norm read alone (L)", "M1", "session", "SR/L", 1.10),
+    ("raise <= 1.1 x the norm read alone (L)", "M1", "function", "SR/L", 1.10),
+    ("raise <= 1.1 x the norm read alone (L)", "M2", "session", "SR/L", 1.10),
+    ("raise <= 1.1 x the norm read alone (L)", "M2", "function", "SR/L", 1.10),
     ("stretch: clip cost over V0 <= 1.2 x norm read", "M1", "session", "(SR-V0)/(L-V0)", 1.20),
     ("stretch: clip cost over V0 <= 1.2 x norm read", "M1", "function", "(SR-V0)/(L-V0)", 1.20),
 ]
 
+MODEL_TARGETS = {  # bench_models.py: ratio key -> description
+    "SR/H": "real model, raise <= 1.02 x the hand-clipped original",
+    "SS/H": "real model, skip <= 1.02 x the hand-clipped original",
+    "S/K": "loss scaling: SafeOptimizer(LSO) <= 1.05 x LSO with global_clipnorm (mixed_float16)",
+    "E/B": "explain's diagnosis + logging (+ hook / callback) <= 1.01 x without them",
+}
+BUILD_BOUND = 1.10
+MEMORY_BOUND = 1.05
+
 
 def _run(args):
-    return subprocess.run([sys.executable] + args, check=True, text=True,
-                          stdout=subprocess.PIPE).stdout
+    return subprocess.run([sys.executable] + args, check=True, text=True, stdout=subprocess.PIPE).stdout
+
+
+def _script(name):
+    return os.path.join(HERE, name)
+
+
+def _verdict(target, where, value, bound, detail=""):
+    return {"target": target, "where": where, "value": value, "bound": bound, "met": value <= bound,
+            "detail": detail}
+
+
+def step_part(args, tmp):
+    runs = []
+    for k in range(args.runs):
+        path = os.path.join(tmp, "run{}.json".format(k))
+        output = _run([_script("bench_step.py"), "--rounds", str(args.rounds), "--json", path])
+        print(output if k == 0 else "(run {} of {} done)".format(k + 1, args.runs))
+        sys.stdout.flush()
+        with open(path) as f:
+            runs.append(json.load(f))
+    spread = {}  # (model, mode, ratio) -> [value of each run]
+    for run in runs:
+        for entry in run["results"]:
+            for key, value in entry["ratios"].items():
+                spread.setdefault((entry["model"], entry["mode"], key), []).append(value)
+    summary = {"|".join(k): {"min": min(v), "median": statistics.median(v), "max": max(v)} for k, v in spread.items()}
+    verdicts = []
+    for text, model, mode, key, bound in STEP_TARGETS:
+        s = summary.get("|".join((model, mode, key)))
+        if s:
+            verdicts.append(_verdict(text, "{} {}, {}".format(model, mode, key), s["median"], bound,
+                                     "min {:.3f}, max {:.3f} over {} runs".format(s["min"], s["max"], len(runs))))
+    return {"runs": runs, "ratio_spread": summary, "tensorflow": runs[0]["tensorflow"]}, verdicts
+
+
+def models_part(args, tmp):
+    path = os.path.join(tmp, "models.json")
+    print(_run([_script("bench_models.py"), "--rounds", str(args.rounds), "--json", path]))
+    with open(path) as f:
+        report = json.load(f)
+    verdicts = []
+    for entry in report["results"]:
+        for key, value in entry["ratios"].items():
+            bound = {"S/K": 1.05, "E/B": 1.01}.get(key, 1.02)
+            verdicts.append(_verdict(MODEL_TARGETS[key], "{} {}, {}".format(entry["case"], entry["mode"], key),
+                                     value, bound))
+        traces = {v: t["traces"] for v, t in entry["times"].items() if "traces" in t}
+        if entry["case"] in ("LM", "MLP") and "H" in traces:
+            worst = max(traces[v] for v in traces if v != "H")
+            verdicts.append(_verdict("first call: traced no more often than without safegrad",
+                                     "{} {}, traces".format(entry["case"], entry["mode"]), worst, traces["H"],
+                                     " ".join("{} {}".format(v, n) for v, n in sorted(traces.items()))))
+    return report, verdicts
+
+
+def scale_part(args, tmp):
+    path = os.path.join(tmp, "scale.json")
+    print(_run([_script("bench_scale.py"), "--sizes", args.scale_sizes, "--json", path]))
+    with open(path) as f:
+        report = json.load(f)
+    verdicts = []
+    for entry in report["results"]:
+        ratio, build = entry["ratio_to_V0"], entry["build"]
+        for kind, floor in (("SR", "VB"), ("SS", "VC")):
+            context = "ops {} vs V0 {}".format(build[kind][1], build["V0"][1])
+            if floor in ratio:
+                context += "; the hand-written {} builds in {:.3f} x V0".format(floor, ratio[floor])
+            verdicts.append(_verdict("build <= 1.10 x plain minimize", "{} {} vars, {}/V0".format(
+                entry["mode"], entry["variables"], kind), ratio[kind], BUILD_BOUND, context))
+            if entry["mode"] == "function":
+                verdicts.append(_verdict("first call traced once", "function {} vars, {} traces".format(
+                    entry["variables"], kind), build[kind][2], 1))
+    return report, verdicts
+
+
+def memory_part(args, tmp):
+    path = os.path.join(tmp, "memory.json")
+    print(_run([_script("bench_memory.py"), "--repeats", str(args.memory_repeats), "--json", path]))
+    with open(path) as f:
+        report = json.load(f)
+    verdicts = []
+    for entry in report["results"]:
+        for key, value in entry["ratios"].items():
+            verdicts.append(_verdict("peak memory <= 1.05 x the tf.clip_by_global_norm step",
+                                     "{} {}, {}".format(entry["model"], entry["mode"], key), value, MEMORY_BOUND,
+                                     "peak MiB " + ", ".join("{} {:.0f}".format(v, m)
+                                                             for v, m in sorted(entry["peak_mib"].items()))))
+    return report, verdicts
 
 
 def main(argv=None):
@@ -43,76 +147,93 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="path prefix of the .json/.md results")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--scale-sizes", default="100,1000,3000")
+    parser.add_argument("--scale-sizes", default="1000,3000,10000")
+    parser.add_argument("--memory-repeats", type=int, default=3)
+    parser.add_argument("--parts", default=",".join(PARTS), help="which benchmarks to run")
     args = parser.parse_args(argv)
+    parts = [p for p in args.parts.split(",") if p]
+    if not parts or set(parts) - set(PARTS):
+        parser.error("--parts takes some of {}; received {!r}".format(",".join(PARTS), args.parts))
 
-    runs = []
+    report, verdicts = {"targets": []}, []
     with tempfile.TemporaryDirectory() as tmp:
-        for k in range(args.runs):
-            path = os.path.join(tmp, "run{}.json".format(k))
-            output = _run([os.path.join(HERE, "bench_step.py"), "--rounds", str(args.rounds), "--json", path])
-            print(output if k == 0 else "(run {} of {} done)".format(k + 1, args.runs))
-            sys.stdout.flush()
-            with open(path) as f:
-                runs.append(json.load(f))
-        scale_path = os.path.join(tmp, "scale.json")
-        print(_run([os.path.join(HERE, "bench_scale.py"), "--sizes", args.scale_sizes, "--json", scale_path]))
-        with open(scale_path) as f:
-            scale = json.load(f)
-
-    # ratio -> [value of each run], per (model, mode)
-    spread = {}
-    for run in runs:
-        for entry in run["results"]:
-            for key, value in entry["ratios"].items():
-                spread.setdefault((entry["model"], entry["mode"], key), []).append(value)
-
-    def stats(values):
-        return {"min": min(values), "median": statistics.median(values), "max": max(values)}
-
-    summary = {"|".join(k): stats(v) for k, v in spread.items()}
-    verdicts = []
-    tf_major = int(runs[0]["tensorflow"].split(".")[0])
-    for target in TARGETS:
-        text, model, mode, key, bound = target[:5]
-        values = spread.get((model, mode, key))
-        if not values or (len(target) > 5 and target[5] != tf_major):
-            continue
-        s = stats(values)
-        verdicts.append({"target": text, "model": model, "mode": mode, "ratio": key, "bound": bound,
-                         "min": s["min"], "median": s["median"], "max": s["max"], "met": s["median"] <= bound})
-
-    report = {"runs": runs, "ratio_spread": summary, "targets": verdicts, "scale": scale,
-              "tensorflow": runs[0]["tensorflow"]}
+        for part in parts:
+            result, found = globals()[part + "_part"](args, tmp)
+            report[part] = result
+            verdicts += found
+            report.setdefault("tensorflow", result.get("tensorflow"))
+    report["targets"] = verdicts
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
-    markdown = _markdown(report, args.runs, args.rounds)
+    markdown = _markdown(report, args)
     with open(args.out + ".md", "w") as f:
         f.write(markdown)
     print(markdown)
     return report
 
 
-def _markdown(report, runs, rounds):
-    lines = ["TensorFlow {}: {} runs x {} rounds; ratios as min / median / max over runs.".format(
-        report["tensorflow"], runs, rounds), ""]
-    lines += ["| model | mode | V1/V0 | V3/V0 | V4/V0 | SR/V0 | SS/V0 | L/V0 | SR/V1 | SS/V1 | SR/V3 | L/V3 "
-              "| (SR-V0)/(L-V0) | XS/X1 |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    keys = ["V1", "V3", "V4", "SR", "SS", "L", "SR/V1", "SS/V1", "SR/V3", "L/V3", "(SR-V0)/(L-V0)", "XS/X1"]
-    spread = report["ratio_spread"]
-    pairs = sorted({tuple(k.split("|")[:2]) for k in spread})
-    for model, mode in pairs:
-        cells = []
-        for key in keys:
-            s = spread.get("|".join((model, mode, key)))
-            cells.append("{:.2f} / **{:.2f}** / {:.2f}".format(s["min"], s["median"], s["max"]) if s else "-")
-        lines.append("| {} | {} | {} |".format(model, mode, " | ".join(cells)))
-    lines += ["", "| target | model | mode | median | met |", "|---|---|---|---|---|"]
+def _markdown(report, args):
+    lines = ["TensorFlow {}.".format(report["tensorflow"]), ""]
+    if "step" in report:
+        lines += ["Step time (`bench_step.py`, {} runs x {} rounds): ratios as min / **median** / max over "
+                  "runs.".format(args.runs, args.rounds), ""]
+        keys = ["V1", "V3", "V4", "SR", "SS", "L", "SR/V1", "SS/V1", "SR/L", "SR/V3", "L/V3", "(SR-V0)/(L-V0)",
+                "XS/X1"]
+        lines += ["| model | mode | " + " | ".join(k + "/V0" if "/" not in k else k for k in keys) + " |",
+                  "|---|---|" + "---|" * len(keys)]
+        spread = report["step"]["ratio_spread"]
+        for model, mode in sorted({tuple(k.split("|")[:2]) for k in spread}):
+            cells = []
+            for key in keys:
+                s = spread.get("|".join((model, mode, key)))
+                cells.append("{:.2f} / **{:.2f}** / {:.2f}".format(s["min"], s["median"], s["max"]) if s else "-")
+            lines.append("| {} | {} | {} |".format(model, mode, " | ".join(cells)))
+        lines.append("")
+    if "models" in report:
+        lines += ["Real models, loss scaling, explain (`bench_models.py`, {} rounds): ms per step "
+                  "(median), ratios, first-call traces.".format(args.rounds), "",
+                  "| case | mode | ms per step | ratios | traces |", "|---|---|---|---|---|"]
+        for entry in report["models"]["results"]:
+            times = entry["times"]
+            lines.append("| {} | {} | {} | {} | {} |".format(
+                entry["case"], entry["mode"],
+                ", ".join("{} {:.2f}".format(v, 1e3 * t["median_s"]) for v, t in times.items()),
+                ", ".join("{} **{:.3f}**".format(k, r) for k, r in entry["ratios"].items()),
+                ", ".join("{} {}".format(v, t["traces"]) for v, t in times.items() if "traces" in t) or "-"))
+        lines.append("")
+    if "scale" in report:
+        lines += ["Build (`bench_scale.py`): seconds to build the step (Session graph) or trace it "
+                  "(`tf.function`), ratio to V0 in brackets.", "",
+                  "| mode | variables | V0 | V1 | VB | VC | SR | SS | SR ops/var over V0 | SS ops/var over V0 |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for entry in report["scale"]["results"]:
+            build, ratio = entry["build"], entry["ratio_to_V0"]
+            cells = ["{:.2f}".format(build["V0"][0])]
+            cells += ["{:.2f} ({:.2f})".format(build[k][0], ratio[k]) if k in build else "-"
+                      for k in ("V1", "VB", "VC", "SR", "SS")]
+            lines.append("| {} | {} | {} | {:+.1f} | {:+.1f} |".format(
+                entry["mode"], entry["variables"], " | ".join(cells),
+                entry["ops_per_variable"]["SR"], entry["ops_per_variable"]["SS"]))
+        lines.append("")
+    if "memory" in report:
+        lines += ["Peak resident memory (`bench_memory.py`, one process each, median of {}): MiB, and "
+                  "the rise over the built step.".format(args.memory_repeats), "",
+                  "| model | mode | V1 | SR | SS | SR/V1 | SS/V1 |", "|---|---|---|---|---|---|---|"]
+        for entry in report["memory"]["results"]:
+            peak, step = entry["peak_mib"], entry["step_mib"]
+            lines.append("| {} | {} | {} | {:.3f} | {:.3f} |".format(
+                entry["model"], entry["mode"],
+                " | ".join("{:.0f} (+{:.0f})".format(peak[v], max(step[v], 0)) for v in ("V1", "SR", "SS")),
+                entry["ratios"]["SR/V1"], entry["ratios"]["SS/V1"]))
+        lines.append("")
+    lines += ["| target | where | measured | bound | met | context |", "|---|---|---|---|---|---|"]
     for v in report["targets"]:
-        lines.append("| {} | {} | {} | {:.3f} (min {:.3f}, max {:.3f}) | {} |".format(
-            v["target"], v["model"], v["mode"], v["median"], v["min"], v["max"], "yes" if v["met"] else "**no**"))
+        value = "{:.3f}".format(v["value"]) if isinstance(v["value"], float) else str(v["value"])
+        lines.append("| {} | {} | {} | {} | {} | {} |".format(
+            v["target"], v["where"], value, v["bound"], "yes" if v["met"] else "**no**", v["detail"]))
+    met = sum(v["met"] for v in report["targets"])
+    lines += ["", "{} of {} targets met.".format(met, len(report["targets"]))]
     return "\n".join(lines) + "\n"
 
 

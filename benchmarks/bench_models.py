@@ -1,0 +1,454 @@
+"""Real models, loss scaling and observability: safegrad against what users write without it.
+
+Like ``bench_step.py``: every variant of a case is built in ONE process, warmed up, and timed
+round-robin; the median time per step over rounds gives the ratios.
+
+Cases (``--cases``):
+  LM   the legacy LSTM language model of ``examples/ptb_like_lm.py`` at the sizes of the PTB
+       model's "small" configuration (vocabulary 10,000, 2 x 200 LSTM units unrolled 20 steps,
+       batch 20, gradient descent at 1.0, max_grad_norm 5), fed and fetched as the PTB loop does
+       (cost and final state every step):
+         H   the original: ``tf.clip_by_global_norm(tf.gradients(cost, tvars), 5)`` +
+             ``apply_gradients(global_step=...)``
+         SR  the full migration, ``safegrad.clip_and_apply(..., global_step=...)``, raise mode
+         SS  the same in skip mode with ``max_consecutive_skips=10`` (the example's migration)
+       Session (TF 1.15 and 2.x) and tf.function (TF2: the same model, v1 optimizer).
+  MLP  an MLP 784-512-512-10 with Adam, batch 128:
+         H   hand-clipped: gradients, ``tf.clip_by_global_norm(grads, 1)``, ``apply_gradients``
+         SR  ``safegrad.SafeOptimizer(adam, clip_norm=1.0)``, raise mode (the default)
+         SS  the same in skip mode
+       Session: ``tf.compat.v1.train.AdamOptimizer`` and ``SafeOptimizer.minimize``; tf.function:
+       a Keras model, the Keras Adam and ``SafeOptimizer.apply_gradients``.
+  LSO  (tf.function, Keras's LossScaleOptimizer) the MLP 784-2048-2048-10 with Adam under the
+       ``mixed_float16`` policy, batch 128:
+         K   ``LossScaleOptimizer(Adam(global_clipnorm=1.0))``: Keras's own clipping
+         S   ``safegrad.SafeOptimizer(LossScaleOptimizer(Adam()), clip_norm=1.0, on_nonfinite="skip")``
+  OBS  the explain issue's additions on a healthy step, on the LM (Session: a
+       MonitoredSession; tf.function) and the MLP (Keras ``fit``):
+         B   safegrad in skip mode WITHOUT them: built with the step number (raise message),
+             the skip log and the eager ``clip_ratio`` taken out (patched out of safegrad in
+             this process only - an ablation), no hook, no callback
+         E   safegrad in skip mode as shipped, with the ``safegrad`` logger at INFO and, in a
+             Session, ``safegrad.ExplainHook``; in ``fit``, ``safegrad.ExplainCallback``
+
+Usage:  python benchmarks/bench_models.py [--cases LM,MLP,LSO,OBS] [--rounds 9] [--json out.json]
+"""
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import sys
+
+import numpy as np
+
+import safegrad
+from safegrad._tf import TF_VERSION, TF_VERSION_STRING, tf, tf1
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_step import round_robin  # noqa: E402
+
+VOCAB, HIDDEN, LAYERS, NUM_STEPS, BATCH, MAX_GRAD_NORM = 10000, 200, 2, 20, 20, 5.0
+
+# --------------------------------------------------------------------------------------------
+# The LSTM language model (the example's model, PTB "small" sizes)
+# --------------------------------------------------------------------------------------------
+
+
+def lm_weights():
+    rng = np.random.RandomState(0)
+    uniform = lambda *shape: rng.uniform(-0.1, 0.1, shape).astype(np.float32)  # noqa: E731
+    weights = {"embedding": uniform(VOCAB, HIDDEN)}
+    for layer in range(LAYERS):
+        weights["lstm{}_kernel".format(layer)] = uniform(2 * HIDDEN, 4 * HIDDEN)
+        weights["lstm{}_bias".format(layer)] = np.zeros(4 * HIDDEN, np.float32)
+    weights["softmax_w"] = uniform(HIDDEN, VOCAB)
+    weights["softmax_b"] = np.zeros(VOCAB, np.float32)
+    return weights
+
+
+def lm_batch():
+    rng = np.random.RandomState(1)
+    ids = rng.randint(0, VOCAB, (BATCH, NUM_STEPS + 1)).astype(np.int32)
+    zero = np.zeros((LAYERS, 2, BATCH, HIDDEN), np.float32)
+    return ids[:, :-1], ids[:, 1:], zero
+
+
+def lm_cost(v, ids, targets, state):
+    """The PTB model's forward pass: cost (summed over time, averaged over the batch), final state."""
+    inputs = tf.nn.embedding_lookup(v["embedding"], ids)
+    layers = [(state[k, 0], state[k, 1]) for k in range(LAYERS)]
+    outputs = []
+    for t in range(NUM_STEPS):
+        x = inputs[:, t, :]
+        for k in range(LAYERS):
+            c, h = layers[k]
+            i, j, f, o = tf.split(tf.matmul(tf.concat([x, h], 1), v["lstm{}_kernel".format(k)])
+                                  + v["lstm{}_bias".format(k)], 4, axis=1)
+            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(j)
+            h = tf.sigmoid(o) * tf.tanh(c)
+            layers[k] = (c, h)
+            x = h
+        outputs.append(x)
+    logits = tf.matmul(tf.reshape(tf.stack(outputs, axis=1), [-1, HIDDEN]), v["softmax_w"]) + v["softmax_b"]
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.reshape(targets, [-1]), logits=logits)
+    return tf.reduce_sum(losses) / BATCH, tf.stack([tf.stack(layer) for layer in layers])
+
+
+def _lm_train_op(variant, cost, tvars, optimizer, global_step):
+    if variant == "H":
+        grads, _ = tf.clip_by_global_norm(tf.gradients(cost, tvars), MAX_GRAD_NORM)
+        return optimizer.apply_gradients(zip(grads, tvars), global_step=global_step)
+    policy = "raise" if variant == "SR" else "skip"
+    return safegrad.clip_and_apply(optimizer, cost, tvars, clip_norm=MAX_GRAD_NORM, on_nonfinite=policy,
+                                   max_consecutive_skips=10 if policy == "skip" else None,
+                                   global_step=global_step)
+
+
+class LMSession:
+    """The PTB loop: placeholders fed each step, cost and final state fetched with the train op."""
+
+    def __init__(self, variant, hook=False):
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            ids = tf1.placeholder(tf.int32, [BATCH, NUM_STEPS])
+            targets = tf1.placeholder(tf.int32, [BATCH, NUM_STEPS])
+            state = tf1.placeholder(tf.float32, [LAYERS, 2, BATCH, HIDDEN])
+            with tf1.variable_scope("Model"):
+                v = {name: tf1.get_variable(name, initializer=value) for name, value in lm_weights().items()}
+            cost, final = lm_cost(v, ids, targets, state)
+            global_step = tf1.train.get_or_create_global_step()
+            optimizer = tf1.train.GradientDescentOptimizer(1.0)
+            train_op = _lm_train_op(variant, cost, tf1.trainable_variables(), optimizer, global_step)
+            self.fetches = [train_op, cost, final]
+            x, y, zero = lm_batch()
+            self.feed = {ids: x, targets: y, state: zero}
+            if hook:
+                hooks = [safegrad.ExplainHook(train_op)] if variant == "E" else []
+                self.sess = tf1.train.MonitoredSession(hooks=hooks)
+            else:
+                self.sess = tf1.Session(graph=self.graph)
+                self.sess.run(tf1.global_variables_initializer())
+
+    def __call__(self):
+        self.sess.run(self.fetches, self.feed)
+
+
+class LMFunction:
+    """The same model and step migrated to a tf.function (TF2)."""
+
+    def __init__(self, variant):
+        v = {name: tf.Variable(value, name=name) for name, value in lm_weights().items()}
+        tvars = list(v.values())
+        optimizer = tf1.train.GradientDescentOptimizer(1.0)
+        global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        if variant != "H":
+            safegrad.step_state(optimizer)  # as documented: counters before the first call
+        x, y, zero = (tf.constant(a) for a in lm_batch())
+        self.traces = 0
+
+        @tf.function
+        def step(ids, targets, state):
+            self.traces += 1
+            if variant == "H":
+                with tf.GradientTape() as tape:
+                    cost, final = lm_cost(v, ids, targets, state)
+                grads, _ = tf.clip_by_global_norm(tape.gradient(cost, tvars), MAX_GRAD_NORM)
+                optimizer.apply_gradients(zip(grads, tvars), global_step=global_step)
+                return cost, final
+            out = {}
+
+            def loss():
+                out["cost"], out["final"] = lm_cost(v, ids, targets, state)
+                return out["cost"]
+
+            policy = "raise" if variant == "SR" else "skip"
+            safegrad.clip_and_apply(optimizer, loss, tvars, clip_norm=MAX_GRAD_NORM, on_nonfinite=policy,
+                                    max_consecutive_skips=10 if policy == "skip" else None,
+                                    global_step=global_step)
+            return out["cost"], out["final"]
+
+        self.step, self.args = step, (x, y, zero)
+        self()  # the first call: traced here (self.traces)
+
+    def __call__(self):
+        cost, final = self.step(*self.args)
+        cost.numpy(), final.numpy()  # the PTB loop reads both each step
+
+
+# --------------------------------------------------------------------------------------------
+# MLPs
+# --------------------------------------------------------------------------------------------
+
+
+def mlp_data(sizes):
+    rng = np.random.RandomState(2)
+    x = rng.rand(128, sizes[0]).astype(np.float32)
+    y = np.eye(sizes[-1], dtype=np.float32)[rng.randint(0, sizes[-1], 128)]
+    return x, y
+
+
+def mlp_weights(sizes):
+    rng = np.random.RandomState(3)
+    out = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        out += [(rng.randn(a, b) * np.sqrt(2.0 / a)).astype(np.float32), np.zeros(b, np.float32)]
+    return out
+
+
+MLP_SIZES = [784, 512, 512, 10]
+LSO_SIZES = [784, 2048, 2048, 10]
+
+
+class MLPSession:
+    def __init__(self, variant):
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            x, y = mlp_data(MLP_SIZES)
+            weights = [tf1.Variable(w, name="w{}".format(i)) for i, w in enumerate(mlp_weights(MLP_SIZES))]
+            h = tf.constant(x)
+            for i in range(0, len(weights), 2):
+                h = tf.matmul(h, weights[i]) + weights[i + 1]
+                h = tf.nn.relu(h) if i + 2 < len(weights) else h
+            loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=h))
+            global_step = tf1.train.get_or_create_global_step()
+            adam = tf1.train.AdamOptimizer(1e-3)
+            if variant == "H":
+                grads, _ = tf.clip_by_global_norm(tf.gradients(loss, weights), 1.0)
+                self.op = adam.apply_gradients(zip(grads, weights), global_step=global_step)
+            else:
+                policy = "raise" if variant == "SR" else "skip"
+                optimizer = safegrad.SafeOptimizer(adam, clip_norm=1.0, on_nonfinite=policy)
+                self.op = optimizer.minimize(loss, global_step=global_step, var_list=weights)
+            self.fetches = [self.op, loss]
+            self.sess = tf1.Session(graph=self.graph)
+            self.sess.run(tf1.global_variables_initializer())
+
+    def __call__(self):
+        self.sess.run(self.fetches)
+
+
+def keras_mlp(sizes, dtype=None):
+    keras = tf.keras
+    layers = [keras.layers.Dense(sizes[1], activation="relu", input_shape=(sizes[0],), dtype=dtype)]
+    layers += [keras.layers.Dense(n, activation="relu", dtype=dtype) for n in sizes[2:-1]]
+    layers += [keras.layers.Dense(sizes[-1], dtype=dtype)]
+    model = keras.Sequential(layers)
+    for variable, value in zip(model.weights, mlp_weights(sizes)):
+        variable.assign(value)
+    return model
+
+
+def _xent(y, logits):
+    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=tf.cast(logits, tf.float32)))
+
+
+class MLPFunction:
+    def __init__(self, variant):
+        model = keras_mlp(MLP_SIZES)
+        x, y = (tf.constant(a) for a in mlp_data(MLP_SIZES))
+        adam = tf.keras.optimizers.Adam(1e-3)
+        if variant == "H":
+            optimizer = adam
+        else:
+            optimizer = safegrad.SafeOptimizer(adam, clip_norm=1.0, on_nonfinite="raise" if variant == "SR" else "skip")
+        variables = model.trainable_variables
+        self.traces = 0
+
+        @tf.function
+        def step():
+            self.traces += 1
+            with tf.GradientTape() as tape:
+                loss = _xent(y, model(x))
+            grads = tape.gradient(loss, variables)
+            if variant == "H":
+                grads, _ = tf.clip_by_global_norm(grads, 1.0)
+            optimizer.apply_gradients(zip(grads, variables))
+            return loss
+
+        self.step = step
+        self()  # the first call: traced here (self.traces)
+
+    def __call__(self):
+        self.step().numpy()
+
+
+class LSOFunction:
+    """Keras's LossScaleOptimizer under mixed_float16: Keras's own clipping or safegrad's."""
+
+    def __init__(self, variant):
+        keras = tf.keras
+        model = keras_mlp(LSO_SIZES, dtype="mixed_float16")
+        x, y = (tf.constant(a) for a in mlp_data(LSO_SIZES))
+        if variant == "K":
+            optimizer = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.Adam(1e-4, global_clipnorm=1.0))
+        else:
+            optimizer = safegrad.SafeOptimizer(
+                keras.mixed_precision.LossScaleOptimizer(keras.optimizers.Adam(1e-4)),
+                clip_norm=1.0, on_nonfinite="skip",
+            )
+        variables = model.trainable_variables
+        scale = optimizer.scale_loss if hasattr(optimizer, "scale_loss") else optimizer.get_scaled_loss
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = _xent(y, model(x))
+                scaled = scale(loss)
+            grads = tape.gradient(scaled, variables)
+            if not hasattr(optimizer, "scale_loss"):  # Keras 2: the custom loop unscales
+                grads = optimizer.get_unscaled_gradients(grads)
+            optimizer.apply_gradients(zip(grads, variables))
+            return loss
+
+        self.step = step
+
+    def __call__(self):
+        self.step().numpy()
+
+
+class MLPFit:
+    """One ``fit`` epoch of 20 batches (SafeOptimizer skip mode), with or without ExplainCallback."""
+
+    def __init__(self, variant):
+        model = keras_mlp(MLP_SIZES)
+        x, y = mlp_data(MLP_SIZES)
+        with _ablated() if variant == "B" else contextlib.nullcontext():
+            model.compile(optimizer=safegrad.SafeOptimizer(tf.keras.optimizers.Adam(1e-3), clip_norm=1.0,
+                                                           on_nonfinite="skip"),
+                          loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
+            self.data = tf.data.Dataset.from_tensor_slices((x, y)).repeat(20).batch(128).cache()
+            self.callbacks = [safegrad.ExplainCallback()] if variant == "E" else []
+            self.model = model
+            self()  # the train function is built and traced here, ablated for B
+
+    def __call__(self):
+        self.model.fit(self.data, epochs=1, verbose=0, callbacks=self.callbacks)
+
+
+# --------------------------------------------------------------------------------------------
+# The ablation: safegrad without the explain issue's per-step additions
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _ablated():
+    """safegrad as before the explain issue, while steps are built: no step number in the error
+    message, no skip log, no eager ``clip_ratio`` (a benchmark-only patch of safegrad's internals)."""
+    from safegrad import _safe_apply, _state
+
+    saved = (_safe_apply._where, _safe_apply.log_skipped_step, _safe_apply.inspect_gradients,
+             _state.StepState.record_applied)
+
+    def inspect(values, **kwargs):
+        kwargs["step_number"] = None
+        return saved[2](values, **kwargs)
+
+    def record_applied(self, global_norm, clipped, reset_streak, clip_ratio=None):
+        kept, self.clip_ratio = self.clip_ratio, None
+        try:
+            return saved[3](self, global_norm, clipped, reset_streak)
+        finally:
+            self.clip_ratio = kept
+
+    _safe_apply._where = lambda step: tf.constant("")
+    _safe_apply.log_skipped_step = lambda *args, **kwargs: []
+    _safe_apply.inspect_gradients = inspect
+    _state.StepState.record_applied = record_applied
+    try:
+        yield
+    finally:
+        (_safe_apply._where, _safe_apply.log_skipped_step, _safe_apply.inspect_gradients,
+         _state.StepState.record_applied) = saved
+
+
+class Observed:
+    """OBS: a step built ablated (B) or as shipped (E); built and traced here."""
+
+    def __init__(self, build, variant):
+        with _ablated() if variant == "B" else contextlib.nullcontext():
+            self.step = build()
+            self.step()
+
+    def __call__(self):
+        self.step()
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def cases():
+    tf2 = TF_VERSION >= (2, 0)
+    out = [
+        ("LM", "session", ("H", "SR", "SS"), lambda v: LMSession(v)),
+        ("MLP", "session", ("H", "SR", "SS"), lambda v: MLPSession(v)),
+        ("OBS", "LM session", ("B", "E"), lambda v: Observed(lambda: LMSession(v, hook=True), v)),
+    ]
+    if tf2:
+        out[2:2] = [
+            ("LM", "function", ("H", "SR", "SS"), lambda v: LMFunction(v)),
+            ("MLP", "function", ("H", "SR", "SS"), lambda v: MLPFunction(v)),
+            ("LSO", "function", ("K", "S"), lambda v: LSOFunction(v)),
+        ]
+        out += [
+            ("OBS", "LM function", ("B", "E"), lambda v: Observed(lambda: LMFunction("SS"), v)),
+            ("OBS", "MLP fit", ("B", "E"), lambda v: MLPFit(v)),
+        ]
+    return out
+
+
+# The targets of the performance issue that these cases measure: (case, mode, ratio, bound).
+RATIOS = [
+    ("LM", "session", "SR/H", 1.02), ("LM", "session", "SS/H", 1.02),
+    ("LM", "function", "SR/H", 1.02), ("LM", "function", "SS/H", 1.02),
+    ("MLP", "session", "SR/H", 1.02), ("MLP", "session", "SS/H", 1.02),
+    ("MLP", "function", "SR/H", 1.02), ("MLP", "function", "SS/H", 1.02),
+    ("LSO", "function", "S/K", 1.05),
+    ("OBS", "LM session", "E/B", 1.01), ("OBS", "LM function", "E/B", 1.01), ("OBS", "MLP fit", "E/B", 1.01),
+]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", default="LM,MLP,LSO,OBS")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if TF_VERSION < (2, 0):
+        tf1.disable_eager_execution()
+    logging.getLogger("safegrad").setLevel(logging.INFO)  # E variants: the logger on (B builds none)
+    wanted = args.cases.split(",")
+    report = {"tensorflow": TF_VERSION_STRING, "safegrad": safegrad.__version__,
+              "python": platform.python_version(), "results": []}
+    print("safegrad {} model benchmark on TensorFlow {} (Python {}); median of {} rounds x {} steps".format(
+        safegrad.__version__, TF_VERSION_STRING, platform.python_version(), args.rounds, args.steps))
+    for case, mode, variants, make in cases():
+        if case not in wanted:
+            continue
+        built = {v: make(v) for v in variants}
+        times = round_robin(built, args.rounds, args.steps, args.warmup)
+        for v, step in built.items():
+            if hasattr(step, "traces"):  # tf.function steps: traces of the first call
+                times[v]["traces"] = step.traces
+        median = {v: t["median_s"] for v, t in times.items()}
+        ratios = {"{}/{}".format(v, variants[0]): median[v] / median[variants[0]] for v in variants[1:]}
+        report["results"].append({"case": case, "mode": mode, "times": times, "ratios": ratios})
+        print("\n{} ({}): ".format(case, mode) + "  ".join(
+            "{} {:.2f} ms".format(v, 1e3 * median[v]) for v in variants)
+            + "  |  " + "  ".join("{} {:.3f}".format(k, r) for k, r in ratios.items())
+            + ("  |  traces " + " ".join("{} {}".format(v, t["traces"]) for v, t in times.items())
+               if all("traces" in t for t in times.values()) else ""))
+        sys.stdout.flush()
+        del built
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, sort_keys=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
