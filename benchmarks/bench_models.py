@@ -31,6 +31,9 @@ Cases (``--cases``):
          E   safegrad in skip mode as shipped, with the ``safegrad`` logger at INFO and, in a
              Session, ``safegrad.ExplainHook``; in ``fit``, ``safegrad.ExplainCallback``
 
+The MLP cases time 8 x ``--steps`` steps per sample (a step takes a few ms); OBS cases take
+2 x ``--rounds`` samples (its bound is 1 %).
+
 Usage:  python benchmarks/bench_models.py [--cases LM,MLP,LSO,OBS] [--rounds 9] [--json out.json]
 """
 
@@ -430,7 +433,10 @@ def main(argv=None):
         if case not in wanted:
             continue
         built = {v: make(v) for v in variants}
-        times = round_robin(built, args.rounds, args.steps, args.warmup)
+        # (a few ms per MLP step: more steps per sample, so each sample lasts tens of ms)
+        steps = args.steps * (8 if case == "MLP" else 1)
+        rounds = args.rounds * (2 if case == "OBS" else 1)  # a 1 % bound: more samples
+        times = round_robin(built, rounds, steps, args.warmup)
         for v, step in built.items():
             if hasattr(step, "traces"):  # tf.function steps: traces of the first call
                 times[v]["traces"] = step.traces
