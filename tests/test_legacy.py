@@ -450,3 +450,40 @@ def test_tf_compatible_norm_of_the_building_blocks(mode):
     expected = "`tf_compatible_norm` must be True or False. Received: tf_compatible_norm='yes'"
     with pytest.raises(TypeError, match=re.escape(expected)):
         safegrad.global_norm([tf.constant([1.0])], tf_compatible_norm="yes")
+
+
+# The Session graph's skip decision (graph_cond) ----------------------------------------------
+
+
+class _CountingSGD(tf1.train.GradientDescentOptimizer):
+    """Gradient descent whose update also counts itself with an op that reads no gradient."""
+
+    def __init__(self, counter):
+        super().__init__(0.1)
+        self.counter = counter
+
+    def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+        update = super().apply_gradients(grads_and_vars, global_step, name)
+        return tf.group(update, self.counter.assign_add(1))
+
+
+@pytest.mark.parametrize("limit", [None, 1])
+def test_a_skipped_step_runs_none_of_the_update_even_ops_that_read_no_gradient(limit):
+    model = Model()
+    with model.graph.as_default():
+        counter = tf1.Variable(0, dtype=tf.int64, name="updates", use_resource=True)
+        optimizer = _CountingSGD(counter)
+        train_op = safegrad.clip_and_apply(
+            optimizer, model.loss(), clip_norm=5.0, global_step=model.global_step, on_nonfinite="skip",
+            max_consecutive_skips=limit,
+        )
+        state = safegrad.step_state(optimizer)
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            sess.run(train_op, model.feed())
+            moved = sess.run(model.w)
+            sess.run(train_op, model.feed(x=[[np.nan, 1.0]]))
+            assert np.array_equal(sess.run(model.w), moved)
+            assert sess.run([counter, model.global_step, state.total_skips]) == [1, 1, 1]
+            sess.run(train_op, model.feed())
+            assert sess.run([counter, model.global_step, state.total_skips, state.consecutive_skips]) == [2, 2, 1, 0]
