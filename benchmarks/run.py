@@ -7,7 +7,7 @@
 
 Usage:  python benchmarks/run.py --out benchmarks/results/tf221 [--runs 5] [--rounds 9]
                                  [--parts step,models,scale,memory]
-        (what `tox -e bench-tf115,bench-tf221` runs)
+        (what `tox -e bench-tf221` and `tox -e bench-tf115` run: one after the other, never together)
 """
 
 import argparse

@@ -54,7 +54,9 @@ def _make_callback_class(base):
         report is logged on the ``safegrad`` logger (WARNING) and kept in ``report``.
 
         Healthy steps pay one ``tf.cond`` on a flag; the batch is copied to Python only on a
-        skipped step. Not under XLA (``jit_compile=True``): Python cannot run there.
+        skipped step. The wrapped train function is traced once and reused by later ``fit``
+        calls until the model is compiled again. Not under XLA (``jit_compile=True``): Python
+        cannot run there.
 
         Args:
           every_skip: explain every skipped batch, not only the first (slow on each).
