@@ -58,6 +58,14 @@ def _script(name):
     return os.path.join(HERE, name)
 
 
+def _run_for_json(script, args, tmp):
+    """Runs a benchmark script with ``args`` (printing its output) and returns its --json report."""
+    path = os.path.join(tmp, script.replace(".py", ".json"))
+    print(_run([_script(script)] + args + ["--json", path]))
+    with open(path) as f:
+        return json.load(f)
+
+
 def _verdict(target, where, value, bound, detail=""):
     return {"target": target, "where": where, "value": value, "bound": bound, "met": value <= bound,
             "detail": detail}
@@ -88,10 +96,7 @@ def step_part(args, tmp):
 
 
 def models_part(args, tmp):
-    path = os.path.join(tmp, "models.json")
-    print(_run([_script("bench_models.py"), "--rounds", str(args.rounds), "--json", path]))
-    with open(path) as f:
-        report = json.load(f)
+    report = _run_for_json("bench_models.py", ["--rounds", str(args.rounds)], tmp)
     verdicts = []
     for entry in report["results"]:
         for key, value in entry["ratios"].items():
@@ -108,10 +113,7 @@ def models_part(args, tmp):
 
 
 def scale_part(args, tmp):
-    path = os.path.join(tmp, "scale.json")
-    print(_run([_script("bench_scale.py"), "--sizes", args.scale_sizes, "--json", path]))
-    with open(path) as f:
-        report = json.load(f)
+    report = _run_for_json("bench_scale.py", ["--sizes", args.scale_sizes], tmp)
     verdicts = []
     for entry in report["results"]:
         ratio, build = entry["ratio_to_V0"], entry["build"]
@@ -128,10 +130,7 @@ def scale_part(args, tmp):
 
 
 def memory_part(args, tmp):
-    path = os.path.join(tmp, "memory.json")
-    print(_run([_script("bench_memory.py"), "--repeats", str(args.memory_repeats), "--json", path]))
-    with open(path) as f:
-        report = json.load(f)
+    report = _run_for_json("bench_memory.py", ["--repeats", str(args.memory_repeats)], tmp)
     verdicts = []
     for entry in report["results"]:
         for key, value in entry["ratios"].items():
