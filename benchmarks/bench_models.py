@@ -100,14 +100,23 @@ def lm_cost(v, ids, targets, state):
     return tf.reduce_sum(losses) / BATCH, tf.stack([tf.stack(layer) for layer in layers])
 
 
+def _policy(variant):
+    """safegrad's ``on_nonfinite`` for a variant: SR raises; SS (and OBS's B and E) skip."""
+    return "raise" if variant == "SR" else "skip"
+
+
+def _lm_migration(variant):
+    """``clip_and_apply``'s arguments in the example's migration of the LM step."""
+    policy = _policy(variant)
+    return {"clip_norm": MAX_GRAD_NORM, "on_nonfinite": policy,
+            "max_consecutive_skips": 10 if policy == "skip" else None}
+
+
 def _lm_train_op(variant, cost, tvars, optimizer, global_step):
     if variant == "H":
         grads, _ = tf.clip_by_global_norm(tf.gradients(cost, tvars), MAX_GRAD_NORM)
         return optimizer.apply_gradients(zip(grads, tvars), global_step=global_step)
-    policy = "raise" if variant == "SR" else "skip"
-    return safegrad.clip_and_apply(optimizer, cost, tvars, clip_norm=MAX_GRAD_NORM, on_nonfinite=policy,
-                                   max_consecutive_skips=10 if policy == "skip" else None,
-                                   global_step=global_step)
+    return safegrad.clip_and_apply(optimizer, cost, tvars, global_step=global_step, **_lm_migration(variant))
 
 
 class LMSession:
@@ -167,10 +176,7 @@ class LMFunction:
                 out["cost"], out["final"] = lm_cost(v, ids, targets, state)
                 return out["cost"]
 
-            policy = "raise" if variant == "SR" else "skip"
-            safegrad.clip_and_apply(optimizer, loss, tvars, clip_norm=MAX_GRAD_NORM, on_nonfinite=policy,
-                                    max_consecutive_skips=10 if policy == "skip" else None,
-                                    global_step=global_step)
+            safegrad.clip_and_apply(optimizer, loss, tvars, global_step=global_step, **_lm_migration(variant))
             return out["cost"], out["final"]
 
         self.step, self.args = step, (x, y, zero)
@@ -222,8 +228,7 @@ class MLPSession:
                 grads, _ = tf.clip_by_global_norm(tf.gradients(loss, weights), 1.0)
                 self.op = adam.apply_gradients(zip(grads, weights), global_step=global_step)
             else:
-                policy = "raise" if variant == "SR" else "skip"
-                optimizer = safegrad.SafeOptimizer(adam, clip_norm=1.0, on_nonfinite=policy)
+                optimizer = safegrad.SafeOptimizer(adam, clip_norm=1.0, on_nonfinite=_policy(variant))
                 self.op = optimizer.minimize(loss, global_step=global_step, var_list=weights)
             self.fetches = [self.op, loss]
             self.sess = tf1.Session(graph=self.graph)
@@ -256,7 +261,7 @@ class MLPFunction:
         if variant == "H":
             optimizer = adam
         else:
-            optimizer = safegrad.SafeOptimizer(adam, clip_norm=1.0, on_nonfinite="raise" if variant == "SR" else "skip")
+            optimizer = safegrad.SafeOptimizer(adam, clip_norm=1.0, on_nonfinite=_policy(variant))
         variables = model.trainable_variables
         self.traces = 0
 
