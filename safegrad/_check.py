@@ -87,5 +87,9 @@ def assert_finite(grads_and_vars, message=None):
         return None if executing_eagerly() else tf.no_op(name="safegrad_assert_finite")
     with tf.name_scope("safegrad_assert_finite"):
         values = [dense_equivalent_values(form.gradients[i]) for i in present]
-        seen = inspect_gradients(values, names=form.names(present))
-        return fail_unless(seen.all_finite, failure_message(seen.report, prefix=message))
+        seen = inspect_gradients(
+            values, names=form.names(present),
+            # (the message's string ops run only on the diagnosis path)
+            describe=lambda report, step: failure_message(report, prefix=message),
+        )
+        return fail_unless(seen.all_finite, seen.message)

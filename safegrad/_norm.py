@@ -81,7 +81,7 @@ def rescaled_norm(values):
 
 
 Inspection = collections.namedtuple(
-    "Inspection", ["global_norm", "all_finite", "norms", "report", "step"], defaults=(None,)
+    "Inspection", ["global_norm", "all_finite", "norms", "report", "step", "message"], defaults=(None, None)
 )
 Inspection.__doc__ = """What one read of the gradients tells.
 
@@ -90,10 +90,15 @@ all_finite: bool scalar; True iff every element of every gradient (dense equival
 norms: float32 vector of per-gradient norms (in the order given), or None if not requested.
 report: string scalar naming each non-finite gradient as 'name (NaN)', 'name (Inf)' or
   'name (NaN and Inf)', comma-separated; '' when all are finite. None if no names were given.
+step: int64 scalar, the step number (0 on the success path); None unless asked for.
+message: string scalar, ``describe(report, step)`` on the diagnosis path, '' on the success path;
+  None unless asked for.
 """
 
 
-def inspect_gradients(values, names=None, per_gradient=False, per_gradient_bound=None, step_number=None):
+def inspect_gradients(
+    values, names=None, per_gradient=False, per_gradient_bound=None, step_number=None, describe=None
+):
     """Norms and finiteness of ``values`` (dense-equivalent, accumulable tensors).
 
     Args:
@@ -105,6 +110,10 @@ def inspect_gradients(values, names=None, per_gradient=False, per_gradient_bound
         exactly too, when the bound itself is that small (costs nothing for ordinary bounds).
       step_number: optional callable returning the int64 number of the step, evaluated only on
         the diagnosis path (with ``names``); enables ``step`` (0 on the success path).
+      describe: optional callable ``describe(report, step)`` returning a string tensor (``step``
+        None without ``step_number``), called only on the diagnosis path (with ``names``); enables
+        ``message``: an error message whose string ops run only when there may be something to
+        report, not on every healthy step.
     """
     # The success path: one fused read per gradient (l2_loss = sum of squares / 2), one stack,
     # one sum, two scalar tests. The cond's fast branch sees only two tensors.
@@ -130,6 +139,8 @@ def inspect_gradients(values, names=None, per_gradient=False, per_gradient_bound
             result["report"] = tf.constant("")
             if step_number is not None:
                 result["step"] = tf.constant(0, tf.int64)
+            if describe is not None:
+                result["message"] = tf.constant("")
         return result
 
     def slow():
@@ -140,6 +151,8 @@ def inspect_gradients(values, names=None, per_gradient=False, per_gradient_bound
         result = _slow_inspection(values, names, per_gradient)
         if names is not None and step_number is not None:
             result["step"] = tf.cast(step_number(), tf.int64)
+        if names is not None and describe is not None:
+            result["message"] = describe(result["report"], result.get("step"))
         return result
 
     out = lazy_cond(fast_path, fast, slow)
@@ -149,6 +162,7 @@ def inspect_gradients(values, names=None, per_gradient=False, per_gradient_bound
         norms=out.get("norms"),
         report=out.get("report"),
         step=out.get("step"),
+        message=out.get("message"),
     )
 
 

@@ -56,6 +56,11 @@ def _where(step):
     return tf.strings.join(["; at safegrad step ", tf.strings.as_string(step), EXPLAIN_HINT])
 
 
+def _raise_message(report, step):
+    """The error of a raise-mode step: the non-finite gradients, the step number, how to explain."""
+    return failure_message(report, suffix=_where(step))
+
+
 @do_not_convert
 def apply_gradients_safely(
     adapter, grads_and_vars, policy, global_step=None, name=None, state_owner=None, aggregated=False,
@@ -132,6 +137,8 @@ def apply_gradients_safely(
         per_gradient_bound=policy.per_variable_clip_norm,
         # (the step's number: the steps taken before it, from 0, like a global_step)
         step_number=(lambda: tf.identity(state.steps)) if checking else None,
+        # (raise mode: the error message is built only on the diagnosis path, not every step)
+        describe=_raise_message if checking and policy.on_nonfinite == "raise" else None,
     )
     if is_replaying():
         # safegrad.explain replays a failing step to find where its NaN was born: everything up
@@ -197,7 +204,7 @@ def apply_gradients_safely(
         # Every replica evaluates the same assertion on the same summed gradients: all fail
         # together, before any update (no decision to share, no cond around merge_call).
         ok = raw.all_finite if fixable is None else tf.logical_or(raw.all_finite, fixable)
-        check = fail_unless(ok, failure_message(raw.report, suffix=_where(raw.step)))
+        check = fail_unless(ok, raw.message)
         with tf.control_dependencies([check] if check is not None else []):
             if scaling is None:
                 applied = apply_update(*step)

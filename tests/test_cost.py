@@ -15,8 +15,11 @@ import pytest
 import safegrad
 from safegrad._tf import tf, tf1
 
-CHECK_OPS = ("IsFinite", "IsNan", "IsInf", "All", "Assert", "UnsortedSegmentMin", "UnsortedSegmentMax")
-QUIET = {"IsFinite": 2, "IsNan": 0, "IsInf": 0, "All": 0, "UnsortedSegmentMin": 0, "UnsortedSegmentMax": 0}
+CHECK_OPS = ("IsFinite", "IsNan", "IsInf", "All", "Assert", "UnsortedSegmentMin", "UnsortedSegmentMax",
+             "StringJoin", "AsString")
+# (the error message's string ops, too, run only on the diagnosis path)
+QUIET = {"IsFinite": 2, "IsNan": 0, "IsInf": 0, "All": 0, "UnsortedSegmentMin": 0, "UnsortedSegmentMax": 0,
+         "StringJoin": 0, "AsString": 0}
 
 
 def _build(count, on_nonfinite):
@@ -66,6 +69,38 @@ def test_skip_mode_diagnoses_only_on_failure(count):
     # The failure branch diagnoses every gradient at once: segment reductions and NaN/Inf flags.
     assert poisoned["UnsortedSegmentMin"] >= 1 and poisoned["UnsortedSegmentMax"] >= 3
     assert poisoned["IsNan"] >= 1 and poisoned["IsInf"] >= 1
+
+
+def test_raise_mode_builds_its_error_message_only_for_a_failing_step():
+    _, sess, train_op, xs = _build(10, "raise")
+    feed = {x: np.ones(4, np.float32) for x in xs}
+    feed[xs[1]] = np.array([np.nan, 1.0, 1.0, 1.0], np.float32)
+    with sess:
+        assert _executed(sess, train_op, xs, poison=False)["StringJoin"] == 0
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            sess.run(train_op, feed)
+    # the message the diagnosis branch built: the variable, its NaN, this step's number (the
+    # second step: 1), how to find the cause
+    assert "safegrad: non-finite gradient for: w1 (NaN); at safegrad step 1" in str(raised.value)
+    assert "safegrad.explain_session" in str(raised.value)
+
+
+def test_assert_finite_builds_its_message_only_for_a_failing_check():
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf1.placeholder(tf.float32, [3])
+        v = tf1.Variable(np.ones(3, np.float32), name="v")
+        check = safegrad.assert_finite(list(zip(tf.gradients(tf.reduce_sum(v * x), [v]), [v])), message="epoch 3:")
+        with tf1.Session(graph=graph) as sess:
+            sess.run(tf1.global_variables_initializer())
+            metadata = tf1.RunMetadata()
+            sess.run(check, {x: np.ones(3)}, options=tf1.RunOptions(trace_level=tf1.RunOptions.FULL_TRACE),
+                     run_metadata=metadata)
+            labels = [n.timeline_label for d in metadata.step_stats.dev_stats for n in d.node_stats]
+            assert not [label for label in labels if "StringJoin" in label]
+            assert [label for label in labels if "Assert" in label]  # (the trace does list ops)
+            with pytest.raises(tf.errors.InvalidArgumentError, match="epoch 3: safegrad: non-finite gradient for: v"):
+                sess.run(check, {x: [1.0, np.inf, 1.0]})
 
 
 def test_graph_grows_linearly_with_a_small_constant_per_variable():
