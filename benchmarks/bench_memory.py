@@ -4,7 +4,10 @@ Peak memory cannot be told apart inside one process, so each measurement is a fr
 that builds ONE variant of ``bench_step.py``'s step (M1: 200 variables of 256x256 with SGD; M2:
 an MLP 784-2048-2048-10 with Adam), runs it ``--steps`` times and reports the process's peak
 resident set size (``ru_maxrss``) and its resident size before the first step. Variants: V1
-(``tf.clip_by_global_norm``), SR / SS (``safegrad.clip_and_apply`` in raise / skip mode). The
+(``tf.clip_by_global_norm``), SR / SS (``safegrad.clip_and_apply`` in raise / skip mode), and SN,
+an ablation that shows what the diagnosis costs: SS with the global norm's lazy diagnosis branch
+patched out (in that process only; no If function call on the healthy path - and no way to name a
+non-finite gradient or to compute an overflowing norm exactly, so not a usable step). The
 variants alternate in order over ``--repeats`` rounds; the medians are reported.
 
 Usage:  python benchmarks/bench_memory.py [--models M1,M2] [--modes session,function]
@@ -20,7 +23,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ("V1", "SR", "SS")
+VARIANTS = ("V1", "SR", "SS", "SN")
 
 
 def _resident_kib():
@@ -36,6 +39,11 @@ def one(model, mode, variant, steps):
 
     if TF_VERSION < (2, 0):
         tf1.disable_eager_execution()
+    if variant == "SN":  # the ablation: the success path of inspect_gradients only
+        from safegrad import _norm
+
+        _norm.lazy_cond = lambda pred, fast, slow: fast()
+        variant = "SS"
     maker = bench_step.SessionStep if mode == "session" else bench_step.FunctionStep
     step = maker(bench_step.MODELS[model](), variant)
     before = _resident_kib()

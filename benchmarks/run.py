@@ -48,6 +48,10 @@ MODEL_TARGETS = {  # bench_models.py: ratio key -> description
 }
 BUILD_BOUND = 1.10
 MEMORY_BOUND = 1.05
+# A target not met is "at the floor" when the hand-written step doing the same work (bench_scale's
+# VB: reads every gradient on a bad step; VC: any skip) measures no better, within one build's
+# spread here (each size is built once: ~5 % from build to build).
+FLOOR_SPREAD = 1.05
 
 
 def _run(args):
@@ -66,9 +70,13 @@ def _run_for_json(script, args, tmp):
         return json.load(f)
 
 
-def _verdict(target, where, value, bound, detail=""):
-    return {"target": target, "where": where, "value": value, "bound": bound, "met": value <= bound,
-            "detail": detail}
+def _verdict(target, where, value, bound, detail="", floor=None):
+    """``floor``: what a hand-written step doing the same work measures, if known."""
+    met = value <= bound
+    # (only a floor that itself misses the bound can be what prevents meeting it)
+    at_floor = not met and floor is not None and floor > bound and value <= floor * FLOOR_SPREAD
+    return {"target": target, "where": where, "value": value, "bound": bound, "met": met,
+            "at_floor": at_floor, "detail": detail}
 
 
 def step_part(args, tmp):
@@ -102,7 +110,7 @@ def models_part(args, tmp):
         for key, value in entry["ratios"].items():
             bound = {"S/K": 1.05, "E/B": 1.01}.get(key, 1.02)
             verdicts.append(_verdict(MODEL_TARGETS[key], "{} {}, {}".format(entry["case"], entry["mode"], key),
-                                     value, bound))
+                                     value, bound, "A/A {:.3f} (copies of one step)".format(entry["aa"])))
         traces = {v: t["traces"] for v, t in entry["times"].items() if "traces" in t}
         if entry["case"] in ("LM", "MLP") and "H" in traces:
             worst = max(traces[v] for v in traces if v != "H")
@@ -122,7 +130,7 @@ def scale_part(args, tmp):
             if floor in ratio:
                 context += "; the hand-written {} builds in {:.3f} x V0".format(floor, ratio[floor])
             verdicts.append(_verdict("build <= 1.10 x plain minimize", "{} {} vars, {}/V0".format(
-                entry["mode"], entry["variables"], kind), ratio[kind], BUILD_BOUND, context))
+                entry["mode"], entry["variables"], kind), ratio[kind], BUILD_BOUND, context, ratio.get(floor)))
             if entry["mode"] == "function":
                 verdicts.append(_verdict("first call traced once", "function {} vars, {} traces".format(
                     entry["variables"], kind), build[kind][2], 1))
@@ -137,7 +145,9 @@ def memory_part(args, tmp):
             verdicts.append(_verdict("peak memory <= 1.05 x the tf.clip_by_global_norm step",
                                      "{} {}, {}".format(entry["model"], entry["mode"], key), value, MEMORY_BOUND,
                                      "peak MiB " + ", ".join("{} {:.0f}".format(v, m)
-                                                             for v, m in sorted(entry["peak_mib"].items()))))
+                                                             for v, m in sorted(entry["peak_mib"].items()))
+                                     + "; SN (no diagnosis branch) / V1 {:.3f}".format(
+                                         entry["peak_mib"]["SN"] / entry["peak_mib"]["V1"])))
     return report, verdicts
 
 
@@ -190,15 +200,16 @@ def _markdown(report, args):
             lines.append("| {} | {} | {} |".format(model, mode, " | ".join(cells)))
         lines.append("")
     if "models" in report:
-        lines += ["Real models, loss scaling, explain (`bench_models.py`, {} rounds): ms per step "
-                  "(median), ratios, first-call traces.".format(args.rounds), "",
-                  "| case | mode | ms per step | ratios | traces |", "|---|---|---|---|---|"]
+        lines += ["Real models, loss scaling, explain (`bench_models.py`, {} rounds, each variant built 3 "
+                  "times): ms per step (median over the copies), ratios, A/A (the first variant's slowest "
+                  "copy over its fastest: the noise of one build), first-call traces.".format(args.rounds), "",
+                  "| case | mode | ms per step | ratios | A/A | traces |", "|---|---|---|---|---|---|"]
         for entry in report["models"]["results"]:
             times = entry["times"]
-            lines.append("| {} | {} | {} | {} | {} |".format(
+            lines.append("| {} | {} | {} | {} | {:.3f} | {} |".format(
                 entry["case"], entry["mode"],
                 ", ".join("{} {:.2f}".format(v, 1e3 * t["median_s"]) for v, t in times.items()),
-                ", ".join("{} **{:.3f}**".format(k, r) for k, r in entry["ratios"].items()),
+                ", ".join("{} **{:.3f}**".format(k, r) for k, r in entry["ratios"].items()), entry["aa"],
                 ", ".join("{} {}".format(v, t["traces"]) for v, t in times.items() if "traces" in t) or "-"))
         lines.append("")
     if "scale" in report:
@@ -218,21 +229,25 @@ def _markdown(report, args):
     if "memory" in report:
         lines += ["Peak resident memory (`bench_memory.py`, one process each, median of {}): MiB, and "
                   "the rise over the built step.".format(args.memory_repeats), "",
-                  "| model | mode | V1 | SR | SS | SR/V1 | SS/V1 |", "|---|---|---|---|---|---|---|"]
+                  "| model | mode | V1 | SR | SS | SN | SR/V1 | SS/V1 | SN/V1 |", "|---" * 9 + "|"]
         for entry in report["memory"]["results"]:
             peak, step = entry["peak_mib"], entry["step_mib"]
-            lines.append("| {} | {} | {} | {:.3f} | {:.3f} |".format(
+            lines.append("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} |".format(
                 entry["model"], entry["mode"],
-                " | ".join("{:.0f} (+{:.0f})".format(peak[v], max(step[v], 0)) for v in ("V1", "SR", "SS")),
-                entry["ratios"]["SR/V1"], entry["ratios"]["SS/V1"]))
+                " | ".join("{:.0f} (+{:.0f})".format(peak[v], max(step[v], 0)) for v in ("V1", "SR", "SS", "SN")),
+                entry["ratios"]["SR/V1"], entry["ratios"]["SS/V1"], peak["SN"] / peak["V1"]))
         lines.append("")
     lines += ["| target | where | measured | bound | met | context |", "|---|---|---|---|---|---|"]
     for v in report["targets"]:
         value = "{:.3f}".format(v["value"]) if isinstance(v["value"], float) else str(v["value"])
         lines.append("| {} | {} | {} | {} | {} | {} |".format(
-            v["target"], v["where"], value, v["bound"], "yes" if v["met"] else "**no**", v["detail"]))
+            v["target"], v["where"], value, v["bound"],
+            "yes" if v["met"] else "no: at the floor" if v["at_floor"] else "**no**", v["detail"]))
     met = sum(v["met"] for v in report["targets"])
-    lines += ["", "{} of {} targets met.".format(met, len(report["targets"]))]
+    at_floor = sum(v["at_floor"] for v in report["targets"])
+    lines += ["", "{} of {} targets met; {} more not met but at the measured floor (the hand-written step "
+              "doing the same work, within {:.0f} %).".format(met, len(report["targets"]), at_floor,
+                                                             100 * (FLOOR_SPREAD - 1))]
     return "\n".join(lines) + "\n"
 
 
