@@ -2,9 +2,13 @@
 
 During ``fit`` the callback wraps the model's ``train_step``: after each step, a ``tf.cond`` on
 the safe optimizer's ``skipped`` flag copies the batch to Python only when the step was skipped
-(healthy steps run one cond and copy nothing). At the end of that batch the callback replays it
-with ``safegrad.explain`` and logs the report. Built on the installed Keras's ``Callback`` on
-first access, so that ``import safegrad`` never imports Keras.
+(healthy steps run one cond and copy nothing). Before the next batch (or at the end of the epoch)
+the callback replays it with ``safegrad.explain`` and logs the report: the skipped step changed no
+weight, so the replay sees the weights the step saw. It implements no batch-END hook: Keras 3
+then dispatches batch-end callbacks asynchronously, and Keras 2 gives them the logs as tensors
+(``_supports_tf_logs``) - a batch-end hook would make every step wait for its logs as Python
+numbers. Built on the installed Keras's ``Callback`` on first access, so that ``import safegrad``
+never imports Keras.
 """
 
 import numpy as np
@@ -69,6 +73,7 @@ def _make_callback_class(base):
 
         def __init__(self, every_skip=False):
             super().__init__()
+            self._supports_tf_logs = True  # Keras 2: its logs need not become numbers each batch
             self._every_skip = bool(every_skip)
             self._batches = []
             self._structure = None
@@ -134,7 +139,14 @@ def _make_callback_class(base):
             model.make_train_function()  # `force` argument on TF 2.4's Keras)
             self._wrapped = (model, compiled, original, train_step, model.train_function)
 
-        def on_train_batch_end(self, batch, logs=None):
+        def on_train_batch_begin(self, batch, logs=None):
+            self._explain_kept_batches()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self._explain_kept_batches()
+
+        def _explain_kept_batches(self):
+            """Replays the batches kept from skipped steps (before any later step changes weights)."""
             while self._batches:
                 arrays = self._batches.pop(0)
                 data = tf.nest.pack_sequence_as(self._structure, [tf.constant(a) for a in arrays])
@@ -150,6 +162,7 @@ def _make_callback_class(base):
                 log_report(report, "batch")
 
         def on_train_end(self, logs=None):
+            self._explain_kept_batches()  # (fit stopped early: nothing kept is left unexplained)
             if self._original is not None:
                 self.model.__dict__.pop("train_step", None)
                 self.model.train_function = self._restore  # the model's own, as before the fit

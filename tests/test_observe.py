@@ -237,6 +237,25 @@ def test_explain_callback_traces_the_step_once_across_fit_calls():
 
 
 @pytest.mark.skipif(not TF2, reason="Keras fit: TF2")
+def test_explain_callback_leaves_keras_batch_end_callbacks_asynchronous():
+    # A batch-END hook would make every step wait for its logs as Python numbers: Keras 2 converts
+    # the logs for a callback that does not take tensors, Keras 3 dispatches batch-end callbacks
+    # synchronously (where it would dispatch them asynchronously). The callback explains a kept
+    # batch before the next one instead.
+    keras = tf.keras
+    callback = safegrad.ExplainCallback()
+    callbacks = keras.callbacks.CallbackList([callback])
+    if hasattr(callbacks, "_async_train"):  # Keras 3
+        if not keras.callbacks.CallbackList([])._async_train:
+            pytest.skip("this Keras 3 calls batch-end hooks synchronously whatever the callbacks (its "
+                        "TensorFlow backend is not marked thread-safe)")
+        assert callbacks._async_train
+    else:  # Keras 2: batch hooks are given the logs as tensors
+        assert callback._supports_tf_logs
+        assert getattr(callbacks, "_batch_hooks_support_tf_logs", True)  # (TF 2.5+)
+
+
+@pytest.mark.skipif(not TF2, reason="Keras fit: TF2")
 def test_explain_callback_needs_a_safe_optimizer():
     keras = tf.keras
     model = keras.Sequential([keras.layers.Dense(1)])
