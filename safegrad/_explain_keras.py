@@ -4,10 +4,10 @@ During ``fit`` the callback wraps the model's ``train_step``: after each step, a
 the safe optimizer's ``skipped`` flag copies the batch to Python only when the step was skipped
 (healthy steps run one cond and copy nothing). Before the next batch (or at the end of the epoch)
 the callback replays it with ``safegrad.explain`` and logs the report: the skipped step changed no
-weight, so the replay sees the weights the step saw. It implements no batch-END hook: Keras 3
-then dispatches batch-end callbacks asynchronously, and Keras 2 gives them the logs as tensors
-(``_supports_tf_logs``) - a batch-end hook would make every step wait for its logs as Python
-numbers. Built on the installed Keras's ``Callback`` on first access, so that ``import safegrad``
+weight, so the replay sees the weights the step saw. It implements no batch-END hook and takes
+its logs as tensors (``_supports_tf_logs``): Keras 2 would otherwise convert every step's logs to
+Python numbers (waiting for the step), and Keras 3 dispatches batch-end callbacks asynchronously
+only when none implements that hook (where its backend allows). Built on the installed Keras's ``Callback`` on first access, so that ``import safegrad``
 never imports Keras.
 """
 
