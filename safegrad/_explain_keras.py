@@ -7,8 +7,8 @@ the callback replays it with ``safegrad.explain`` and logs the report: the skipp
 weight, so the replay sees the weights the step saw. It implements no batch-END hook and takes
 its logs as tensors (``_supports_tf_logs``): Keras 2 would otherwise convert every step's logs to
 Python numbers (waiting for the step), and Keras 3 dispatches batch-end callbacks asynchronously
-only when none implements that hook (where its backend allows). Built on the installed Keras's ``Callback`` on first access, so that ``import safegrad``
-never imports Keras.
+only when none implements that hook (where its backend allows). Built on the installed Keras's
+``Callback`` on first access, so that ``import safegrad`` never imports Keras.
 """
 
 import numpy as np
