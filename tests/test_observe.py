@@ -237,6 +237,42 @@ def test_explain_callback_traces_the_step_once_across_fit_calls():
 
 
 @pytest.mark.skipif(not TF2, reason="Keras fit: TF2")
+def test_explain_callback_explains_an_epochs_last_batch_at_its_end_and_changes_no_history():
+    # The epoch's last batch is skipped: it is explained when the epoch ends (after the
+    # validation pass; no later batch begins), and what fit reports is what it reports without
+    # the callback.
+    keras = tf.keras
+    x, y = np.ones([8, 3], np.float32), np.zeros([8, 1], np.float32)
+    x[7] = -1.0  # log of a negative: the batch [6:8]
+    validation = (np.ones([4, 3], np.float32), np.zeros([4, 1], np.float32))
+    seen_at_epoch_end = []
+
+    class Probe(keras.callbacks.Callback):  # runs after ExplainCallback
+        def on_epoch_end(self, epoch, logs=None):
+            seen_at_epoch_end.append(explain.report is not None)
+
+    def fit(callbacks):
+        model = keras.Sequential([keras.layers.Dense(2, kernel_initializer="ones"), LogLayer(),
+                                  keras.layers.Dense(1, kernel_initializer="ones")])
+        optimizer = safegrad.SafeOptimizer(keras.optimizers.SGD(0.01), on_nonfinite="skip")
+        model.compile(optimizer=optimizer, loss="mse", metrics=["mae"])
+        history = model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0,
+                            validation_data=validation, callbacks=callbacks)
+        return history.history, model
+
+    plain, _ = fit([])
+    explain = safegrad.ExplainCallback()
+    explained, model = fit([explain, Probe()])
+    assert seen_at_epoch_end == [True]
+    assert explain.report.op_type == "Log" and len(explain.reports) == 1, str(explain.report)
+    assert sorted(explained) == sorted(plain)
+    for key in plain:  # (the training loss averages the skipped batch's NaN, with or without it)
+        np.testing.assert_allclose(explained[key], plain[key], rtol=1e-6)
+    assert np.isfinite(explained["val_loss"]).all()
+    assert safegrad.step_state(model.optimizer).total_skips.numpy() == 1
+
+
+@pytest.mark.skipif(not TF2, reason="Keras fit: TF2")
 def test_explain_callback_leaves_keras_batch_end_callbacks_asynchronous():
     # A batch-END hook would make every step wait for its logs as Python numbers: Keras 2 converts
     # the logs for a callback that does not take tensors, Keras 3 dispatches batch-end callbacks
