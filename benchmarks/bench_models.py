@@ -413,17 +413,6 @@ def cases():
     return out
 
 
-# The targets of the performance issue that these cases measure: (case, mode, ratio, bound).
-RATIOS = [
-    ("LM", "session", "SR/H", 1.02), ("LM", "session", "SS/H", 1.02),
-    ("LM", "function", "SR/H", 1.02), ("LM", "function", "SS/H", 1.02),
-    ("MLP", "session", "SR/H", 1.02), ("MLP", "session", "SS/H", 1.02),
-    ("MLP", "function", "SR/H", 1.02), ("MLP", "function", "SS/H", 1.02),
-    ("LSO", "function", "S/K", 1.05),
-    ("OBS", "LM session", "E/B", 1.01), ("OBS", "LM function", "E/B", 1.01), ("OBS", "MLP fit", "E/B", 1.01),
-]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default="LM,MLP,LSO,OBS")
