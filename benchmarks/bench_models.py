@@ -422,6 +422,8 @@ def main(argv=None):
     parser.add_argument("--copies", type=int, default=3, help="builds of each variant")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.copies < 1:
+        parser.error("--copies must be >= 1 (builds of each variant); received {}".format(args.copies))
     if TF_VERSION < (2, 0):
         tf1.disable_eager_execution()
     logging.getLogger("safegrad").setLevel(logging.INFO)  # E variants: the logger on (B builds none)
