@@ -7,7 +7,9 @@ resident set size (``ru_maxrss``) and its resident size before the first step. V
 (``tf.clip_by_global_norm``), SR / SS (``safegrad.clip_and_apply`` in raise / skip mode), and SN,
 an ablation that shows what the diagnosis costs: SS with the global norm's lazy diagnosis branch
 patched out (in that process only; no If function call on the healthy path - and no way to name a
-non-finite gradient or to compute an overflowing norm exactly, so not a usable step). The
+non-finite gradient or to compute an overflowing norm exactly, so not a usable step), and SE,
+the other half of that ablation: SS with the If function call kept but its diagnosis branch
+replaced by the success branch (the If op's own cost, without the gradients it captures). The
 variants alternate in order over ``--repeats`` rounds; the medians are reported.
 
 Usage:  python benchmarks/bench_memory.py [--models M1,M2] [--modes session,function]
@@ -23,7 +25,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ("V1", "SR", "SS", "SN")
+VARIANTS = ("V1", "SR", "SS", "SN", "SE")
 
 
 def _resident_kib():
@@ -43,6 +45,12 @@ def one(model, mode, variant, steps):
         from safegrad import _norm
 
         _norm.lazy_cond = lambda pred, fast, slow: fast()
+        variant = "SS"
+    elif variant == "SE":  # the If op alone: both of its branches the success path
+        from safegrad import _norm
+
+        lazy_cond = _norm.lazy_cond
+        _norm.lazy_cond = lambda pred, fast, slow: lazy_cond(pred, fast, fast)
         variant = "SS"
     maker = bench_step.SessionStep if mode == "session" else bench_step.FunctionStep
     step = maker(bench_step.MODELS[model](), variant)

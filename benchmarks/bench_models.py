@@ -17,6 +17,10 @@ Cases (``--cases``):
          H   hand-clipped: gradients, ``tf.clip_by_global_norm(grads, 1)``, ``apply_gradients``
          SR  ``safegrad.SafeOptimizer(adam, clip_norm=1.0)``, raise mode (the default)
          SS  the same in skip mode
+         HR  the floor of any raise: H stopped by ``tf.debugging.check_numerics`` on the global norm
+             (the cheapest hand-written check; it names no variable and counts nothing)
+         HS  the floor of any skip: H with ``apply_gradients`` in a ``tf.cond`` on the global
+             norm being finite (counts nothing)
        Session: ``tf.compat.v1.train.AdamOptimizer`` and ``SafeOptimizer.minimize``; tf.function:
        a Keras model, the Keras Adam and ``SafeOptimizer.apply_gradients``.
   LSO  (tf.function, Keras's LossScaleOptimizer) the MLP 784-2048-2048-10 with Adam under the
@@ -35,8 +39,9 @@ Every variant is built ``--copies`` times (3), the copies interleaved, and a var
 the median over its copies of each copy's median: two builds of the SAME step differ by up to 6 %
 here (where TensorFlow placed their buffers and threads), more than the 1-2 % bounds. ``A/A``
 prints that spread for the first variant (its slowest copy over its fastest): the noise a ratio
-is read against. The MLP cases time 8 x ``--steps`` steps per sample (a step takes a few ms); OBS
-cases take 2 x ``--rounds`` samples (its bound is 1 %).
+is read against. The MLP cases (a step takes a few ms) time 8 x ``--steps`` steps per sample and
+build each variant 2 x ``--copies`` times; OBS cases take 2 x ``--rounds`` samples (its bound is
+1 %), and the MLP ``fit`` case 2 x ``--copies`` builds.
 
 Usage:  python benchmarks/bench_models.py [--cases LM,MLP,LSO,OBS] [--rounds 9] [--copies 3]
                                           [--json out.json]
@@ -217,6 +222,23 @@ MLP_SIZES = [784, 512, 512, 10]
 LSO_SIZES = [784, 2048, 2048, 10]
 
 
+HAND_CLIPPED = ("H", "HR", "HS")
+
+
+def _hand_clipped_apply(variant, norm, apply):
+    """H's ``apply()``; HR: after a check of ``norm``; HS: only when ``norm`` is finite."""
+    if variant == "HR":
+        with tf.control_dependencies([tf.debugging.check_numerics(norm, "non-finite gradient")]):
+            return apply()
+    if variant == "HS":
+        def applied():
+            with tf.control_dependencies([apply()]):
+                return tf.constant(True)
+
+        return tf.cond(tf.math.is_finite(norm), applied, lambda: tf.constant(False))
+    return apply()
+
+
 class MLPSession:
     def __init__(self, variant):
         self.graph = tf.Graph()
@@ -230,9 +252,10 @@ class MLPSession:
             loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=h))
             global_step = tf1.train.get_or_create_global_step()
             adam = tf1.train.AdamOptimizer(1e-3)
-            if variant == "H":
-                grads, _ = tf.clip_by_global_norm(tf.gradients(loss, weights), 1.0)
-                self.op = adam.apply_gradients(zip(grads, weights), global_step=global_step)
+            if variant in HAND_CLIPPED:
+                grads, norm = tf.clip_by_global_norm(tf.gradients(loss, weights), 1.0)
+                self.op = _hand_clipped_apply(variant, norm, lambda: adam.apply_gradients(
+                    zip(grads, weights), global_step=global_step))
             else:
                 optimizer = safegrad.SafeOptimizer(adam, clip_norm=1.0, on_nonfinite=_policy(variant))
                 self.op = optimizer.minimize(loss, global_step=global_step, var_list=weights)
@@ -264,7 +287,7 @@ class MLPFunction:
         model = keras_mlp(MLP_SIZES)
         x, y = (tf.constant(a) for a in mlp_data(MLP_SIZES))
         adam = tf.keras.optimizers.Adam(1e-3)
-        if variant == "H":
+        if variant in HAND_CLIPPED:
             optimizer = adam
         else:
             optimizer = safegrad.SafeOptimizer(adam, clip_norm=1.0, on_nonfinite=_policy(variant))
@@ -277,9 +300,11 @@ class MLPFunction:
             with tf.GradientTape() as tape:
                 loss = _xent(y, model(x))
             grads = tape.gradient(loss, variables)
-            if variant == "H":
-                grads, _ = tf.clip_by_global_norm(grads, 1.0)
-            optimizer.apply_gradients(zip(grads, variables))
+            if variant in HAND_CLIPPED:
+                grads, norm = tf.clip_by_global_norm(grads, 1.0)
+                _hand_clipped_apply(variant, norm, lambda: optimizer.apply_gradients(zip(grads, variables)))
+            else:
+                optimizer.apply_gradients(zip(grads, variables))
             return loss
 
         self.step = step
@@ -397,13 +422,13 @@ def cases():
     tf2 = TF_VERSION >= (2, 0)
     out = [
         ("LM", "session", ("H", "SR", "SS"), lambda v: LMSession(v)),
-        ("MLP", "session", ("H", "SR", "SS"), lambda v: MLPSession(v)),
+        ("MLP", "session", ("H", "SR", "SS", "HR", "HS"), lambda v: MLPSession(v)),
         ("OBS", "LM session", ("B", "E"), lambda v: Observed(lambda: LMSession(v, hook=True), v)),
     ]
     if tf2:
         out[2:2] = [
             ("LM", "function", ("H", "SR", "SS"), lambda v: LMFunction(v)),
-            ("MLP", "function", ("H", "SR", "SS"), lambda v: MLPFunction(v)),
+            ("MLP", "function", ("H", "SR", "SS", "HR", "HS"), lambda v: MLPFunction(v)),
             ("LSO", "function", ("K", "S"), lambda v: LSOFunction(v)),
         ]
         out += [
@@ -436,17 +461,20 @@ def main(argv=None):
         if case not in wanted:
             continue
         # (copies interleaved: H, SR, SS, H, SR, SS, ... - no variant is built all first or last)
-        built = {(v, c): make(v) for c in range(args.copies) for v in variants}
-        # (a few ms per MLP step: more steps per sample, so each sample lasts tens of ms)
+        # (a few ms per MLP step: more steps per sample, so each sample lasts tens of ms, and more
+        # builds, their spread being what limits the ratio's resolution)
+        cheap = case == "MLP" or mode == "MLP fit"
+        copies = args.copies * (2 if cheap else 1)
+        built = {(v, c): make(v) for c in range(copies) for v in variants}
         steps = args.steps * (8 if case == "MLP" else 1)
         rounds = args.rounds * (2 if case == "OBS" else 1)  # a 1 % bound: more samples
         timed = round_robin(built, rounds, steps, args.warmup)
         times = {}
         for v in variants:
-            copies = [timed[v, c]["median_s"] for c in range(args.copies)]
-            times[v] = {"median_s": statistics.median(copies), "copies_s": copies}
+            each = [timed[v, c]["median_s"] for c in range(copies)]
+            times[v] = {"median_s": statistics.median(each), "copies_s": each}
             if hasattr(built[v, 0], "traces"):  # tf.function steps: traces of the first call
-                times[v]["traces"] = max(built[v, c].traces for c in range(args.copies))
+                times[v]["traces"] = max(built[v, c].traces for c in range(copies))
         median = {v: t["median_s"] for v, t in times.items()}
         ratios = {"{}/{}".format(v, variants[0]): median[v] / median[variants[0]] for v in variants[1:]}
         base = times[variants[0]]["copies_s"]
