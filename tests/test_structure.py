@@ -91,7 +91,7 @@ def test_no_name_shadows_a_standard_library_module(module):
     assert sorted(defined & set(sys.stdlib_module_names)) == []
 
 
-@pytest.mark.parametrize("script", ["bench_step.py", "bench_scale.py", "run.py"])
+@pytest.mark.parametrize("script", ["bench_step.py", "bench_scale.py", "bench_models.py", "bench_memory.py", "run.py"])
 def test_benchmark_scripts_still_import(script):
     # The benchmarks run outside the matrix (tox -e bench-*): at least their imports are checked here.
     path = os.path.join(os.path.dirname(PACKAGE), "benchmarks", script)

@@ -1,0 +1,73 @@
+"""How ``benchmarks/run.py`` judges a measured ratio: met, at the hand-written floor, within A/A.
+
+The benchmarks themselves run outside the matrix (``tox -e bench-*``); the rules that turn their
+numbers into the README's verdicts are plain Python and are checked here on made-up reports.
+"""
+
+import functools
+import importlib.util
+import os
+
+import pytest
+
+RUN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "run.py")
+
+
+@functools.lru_cache(maxsize=None)
+def _run_py():
+    spec = importlib.util.spec_from_file_location("benchmark_run", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _mlp_report(sr, hr, aa):
+    return {"results": [{"case": "MLP", "mode": "function", "aa": aa,
+                         "ratios": {"SR/H": sr, "HR/H": hr},
+                         "times": {v: {"median_s": 0.004} for v in ("H", "SR", "HR")}}]}
+
+
+def _only(verdicts, where):
+    (verdict,) = [v for v in verdicts if v["where"] == where]
+    return verdict
+
+
+@pytest.mark.parametrize("sr, hr, aa, expected", [
+    (1.015, 1.040, 1.030, "met"),
+    # the hand-written check misses the bound as much: at its floor, within the A/A spread
+    (1.050, 1.040, 1.030, "at_floor"),
+    # ... but not beyond one build's spread above it
+    (1.080, 1.040, 1.030, None),
+    # a floor within the bound cannot be what prevents meeting it (and A/A 1.01 < 1.03)
+    (1.030, 1.015, 1.010, None),
+    # not met, no floor reached, but two builds of one step differ as much
+    (1.030, 1.015, 1.040, "within_noise"),
+])
+def test_real_model_ratio_is_read_against_the_hand_written_check(sr, hr, aa, expected):
+    verdict = _only(_run_py().models_verdicts(_mlp_report(sr, hr, aa)), "MLP function, SR/H")
+    labels = [k for k in ("met", "at_floor", "within_noise") if verdict[k]]
+    assert labels == ([expected] if expected else [])
+    assert "the hand-written HR/H {:.3f}".format(hr) in verdict["detail"]
+
+
+def test_floors_are_context_not_targets():
+    verdicts = _run_py().models_verdicts(_mlp_report(1.0, 1.0, 1.0))
+    assert [v["where"] for v in verdicts] == ["MLP function, SR/H"]
+
+
+def test_floor_spread_is_capped_at_one_builds_spread():
+    # an A/A of 1.20 does not let a ratio 15 % above the floor count as "at the floor"
+    verdict = _only(_run_py().models_verdicts(_mlp_report(1.20, 1.04, 1.20)), "MLP function, SR/H")
+    assert not verdict["at_floor"] and verdict["within_noise"]
+
+
+def test_memory_verdict_names_both_ablations_and_judges_reports_without_se():
+    peak = {"V1": 570.0, "SR": 575.0, "SS": 600.0, "SN": 569.0, "SE": 590.0}
+    report = {"results": [{"model": "M1", "mode": "session", "peak_mib": peak,
+                           "ratios": {"SR/V1": 575 / 570.0, "SS/V1": 600 / 570.0}}]}
+    skip = _only(_run_py().memory_verdicts(report), "M1 session, SS/V1")
+    assert not skip["met"]
+    assert "SN (no If, no diagnosis) / V1 0.998" in skip["detail"]
+    assert "SE (the If alone, diagnosing nothing) / V1 1.035" in skip["detail"]
+    del peak["SE"]  # a report measured before SE existed is judged as before
+    assert "SE" not in _only(_run_py().memory_verdicts(report), "M1 session, SS/V1")["detail"]
