@@ -35,15 +35,16 @@ Cases (``--cases``):
          E   safegrad in skip mode as shipped, with the ``safegrad`` logger at INFO and, in a
              Session, ``safegrad.ExplainHook``; in ``fit``, ``safegrad.ExplainCallback``
 
-Every variant is built ``--copies`` times (3), the copies interleaved, and a variant's time is
-the median over its copies of each copy's median: two builds of the SAME step differ by up to 6 %
-here (where TensorFlow placed their buffers and threads), more than the 1-2 % bounds. ``A/A``
-prints that spread for the first variant (its slowest copy over its fastest): the noise a ratio
-is read against. The MLP cases (a step takes a few ms) time 8 x ``--steps`` steps per sample and
+Every variant is built ``--copies`` times (5), the copies interleaved, and a variant's time is
+the median over its copies of each copy's median: two builds of the SAME step differ by up to 8 %
+here (where TensorFlow placed their buffers and threads; printed as "builds spread", the first
+variant's slowest copy over its fastest), more than the 1-2 % bounds. ``A/A`` is the noise a ratio
+is read against: the first variant's builds split in two halves (even and odd builds), the
+median of one half over the other's. The MLP cases (a step takes a few ms) time 8 x ``--steps`` steps per sample and
 build each variant 2 x ``--copies`` times; OBS cases take 2 x ``--rounds`` samples (its bound is
 1 %), and the MLP ``fit`` case 2 x ``--copies`` builds.
 
-Usage:  python benchmarks/bench_models.py [--cases LM,MLP,LSO,OBS] [--rounds 9] [--copies 3]
+Usage:  python benchmarks/bench_models.py [--cases LM,MLP,LSO,OBS] [--rounds 9] [--copies 5]
                                           [--json out.json]
 """
 
@@ -438,13 +439,23 @@ def cases():
     return out
 
 
+def a_a(copies):
+    """The A/A ratio of a variant's builds: the median of its even-numbered builds against that of
+    its odd-numbered ones (larger over smaller) - how far apart two medians over builds of the SAME
+    step fall, with half as many builds each as a ratio's medians have. 1.0 for a single build."""
+    if len(copies) < 2:
+        return 1.0
+    halves = statistics.median(copies[0::2]), statistics.median(copies[1::2])
+    return max(halves) / min(halves)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default="LM,MLP,LSO,OBS")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--copies", type=int, default=3, help="builds of each variant")
+    parser.add_argument("--copies", type=int, default=5, help="builds of each variant")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.copies < 1:
@@ -478,12 +489,14 @@ def main(argv=None):
         median = {v: t["median_s"] for v, t in times.items()}
         ratios = {"{}/{}".format(v, variants[0]): median[v] / median[variants[0]] for v in variants[1:]}
         base = times[variants[0]]["copies_s"]
-        aa = max(base) / min(base)  # the same step built again: the noise of one build
-        report["results"].append({"case": case, "mode": mode, "times": times, "ratios": ratios, "aa": aa})
+        spread = max(base) / min(base)  # the same step built again: the noise of one build
+        aa = a_a(base)
+        report["results"].append({"case": case, "mode": mode, "times": times, "ratios": ratios, "aa": aa,
+                                  "spread": spread, "copies": copies})
         print("\n{} ({}): ".format(case, mode) + "  ".join(
             "{} {:.2f} ms".format(v, 1e3 * median[v]) for v in variants)
             + "  |  " + "  ".join("{} {:.3f}".format(k, r) for k, r in ratios.items())
-            + "  |  A/A {:.3f}".format(aa)
+            + "  |  A/A {:.3f} (builds spread {:.3f})".format(aa, spread)
             + ("  |  traces " + " ".join("{} {}".format(v, t["traces"]) for v, t in times.items())
                if all("traces" in t for t in times.values()) else ""))
         sys.stdout.flush()

@@ -54,7 +54,7 @@ MEMORY_BOUND = 1.05
 # A target not met is "at the floor" when the hand-written step doing the same work (bench_scale's
 # VB: reads every gradient on a bad step; VC: any skip; bench_models' HR, HS) measures no better,
 # within one build's spread (bench_scale builds each size once: ~5 % from build to build;
-# bench_models measures its A/A spread, used when smaller).
+# bench_models measures its A/A, used when smaller).
 FLOOR_SPREAD = 1.05
 
 
@@ -129,7 +129,7 @@ def models_verdicts(report):
                 continue
             target, bound = MODEL_TARGETS[key]
             floor = ratios.get(MODEL_FLOORS.get(key))
-            detail = "A/A {:.3f} (copies of one step)".format(entry["aa"])
+            detail = "A/A {:.3f} (two halves of one step's builds)".format(entry["aa"])
             if floor is not None:
                 detail += "; the hand-written {} {:.3f}".format(MODEL_FLOORS[key], floor)
             verdicts.append(_verdict(target, "{} {}, {}".format(entry["case"], entry["mode"], key), value,
@@ -242,15 +242,16 @@ def _markdown(report, args):
             lines.append("| {} | {} | {} |".format(model, mode, " | ".join(cells)))
         lines.append("")
     if "models" in report:
-        lines += ["Real models, loss scaling, explain (`bench_models.py`, {} rounds, each variant built 3 "
-                  "times, 6 in the MLP cases): ms per step (median over the copies), ratios, A/A (the "
-                  "first variant's slowest copy over its fastest: the noise of one build), first-call "
+        lines += ["Real models, loss scaling, explain (`bench_models.py`, {} rounds): builds of each variant "
+                  "(copies, interleaved), ms per step (median over the copies), ratios, A/A (the first "
+                  "variant's builds in two halves, even and odd: the median of one over the other's), "
+                  "first-call "
                   "traces.".format(args.rounds), "",
-                  "| case | mode | ms per step | ratios | A/A | traces |", "|---|---|---|---|---|---|"]
+                  "| case | mode | builds | ms per step | ratios | A/A | traces |", "|---|---|---|---|---|---|---|"]
         for entry in report["models"]["results"]:
             times = entry["times"]
-            lines.append("| {} | {} | {} | {} | {:.3f} | {} |".format(
-                entry["case"], entry["mode"],
+            lines.append("| {} | {} | {} | {} | {} | {:.3f} | {} |".format(
+                entry["case"], entry["mode"], entry.get("copies", len(next(iter(times.values()))["copies_s"])),
                 ", ".join("{} {:.2f}".format(v, 1e3 * t["median_s"]) for v, t in times.items()),
                 ", ".join("{} **{:.3f}**".format(k, r) for k, r in entry["ratios"].items()), entry["aa"],
                 ", ".join("{} {}".format(v, t["traces"]) for v, t in times.items() if "traces" in t) or "-"))
@@ -291,8 +292,8 @@ def _markdown(report, args):
             "no: within A/A" if v["within_noise"] else "**no**", v["detail"]))
     count = {k: sum(v[k] for v in report["targets"]) for k in ("met", "at_floor", "within_noise")}
     lines += ["", "{} of {} targets met. Not met: {} at the measured floor (the hand-written step doing the "
-              "same work, within {:.0f} % or the case's A/A if less), {} within the A/A spread (two builds "
-              "of one step differ as much), "
+              "same work, within {:.0f} % or the case's A/A if less), {} within the A/A (two halves of one "
+              "step's builds differ as much), "
               "{} other.".format(count["met"], len(report["targets"]), count["at_floor"], 100 * (FLOOR_SPREAD - 1),
                                  count["within_noise"],
                                  len(report["targets"]) - sum(count.values()))]

@@ -10,15 +10,19 @@ import os
 
 import pytest
 
-RUN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "run.py")
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
 @functools.lru_cache(maxsize=None)
-def _run_py():
-    spec = importlib.util.spec_from_file_location("benchmark_run", RUN_PY)
+def _script(name):
+    spec = importlib.util.spec_from_file_location("benchmark_" + name, os.path.join(BENCHMARKS, name + ".py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _run_py():
+    return _script("run")
 
 
 def _mlp_report(sr, hr, aa):
@@ -71,3 +75,11 @@ def test_memory_verdict_names_both_ablations_and_judges_reports_without_se():
     assert "SE (the If alone, diagnosing nothing) / V1 1.035" in skip["detail"]
     del peak["SE"]  # a report measured before SE existed is judged as before
     assert "SE" not in _only(_run_py().memory_verdicts(report), "M1 session, SS/V1")["detail"]
+
+
+def test_a_a_compares_the_medians_of_two_halves_of_the_builds():
+    a_a = _script("bench_models").a_a
+    assert a_a([1.0, 2.0, 3.0, 4.0]) == pytest.approx(1.5)  # even builds 1, 3 -> 2; odd 2, 4 -> 3
+    assert a_a([4.0, 1.0, 3.0, 2.0]) == pytest.approx(3.5 / 1.5)  # builds in order, not sorted
+    assert a_a([1.0, 1.1, 1.0, 1.1, 1.0]) == pytest.approx(1.1)
+    assert a_a([0.05]) == 1.0  # one build: no A/A to measure
