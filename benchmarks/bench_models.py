@@ -40,9 +40,9 @@ the median over its copies of each copy's median: two builds of the SAME step di
 here (where TensorFlow placed their buffers and threads; printed as "builds spread", the first
 variant's slowest copy over its fastest), more than the 1-2 % bounds. ``A/A`` is the noise a ratio
 is read against: the first variant's builds split in two halves (even and odd builds), the
-median of one half over the other's. The MLP cases (a step takes a few ms) time 8 x ``--steps`` steps per sample and
-build each variant 2 x ``--copies`` times; OBS cases take 2 x ``--rounds`` samples (its bound is
-1 %), and the MLP ``fit`` case 2 x ``--copies`` builds.
+median of one half over the other's. The MLP cases (a step takes a few ms) time 8 x ``--steps``
+steps per sample and build each variant 2 x ``--copies`` times; OBS cases take 2 x ``--rounds``
+samples (its bound is 1 %), and the MLP ``fit`` case 2 x ``--copies`` builds.
 
 Usage:  python benchmarks/bench_models.py [--cases LM,MLP,LSO,OBS] [--rounds 9] [--copies 5]
                                           [--json out.json]

@@ -83,3 +83,12 @@ def test_a_a_compares_the_medians_of_two_halves_of_the_builds():
     assert a_a([4.0, 1.0, 3.0, 2.0]) == pytest.approx(3.5 / 1.5)  # builds in order, not sorted
     assert a_a([1.0, 1.1, 1.0, 1.1, 1.0]) == pytest.approx(1.1)
     assert a_a([0.05]) == 1.0  # one build: no A/A to measure
+
+
+def test_first_call_target_counts_safegrad_traces_not_the_hand_written_floors():
+    report = _mlp_report(1.0, 1.0, 1.0)
+    report["results"][0]["times"] = {"H": {"traces": 2}, "HR": {"traces": 5}, "SR": {"traces": 2}}
+    traces = _only(_run_py().models_verdicts(report), "MLP function, traces")
+    assert traces["met"] and traces["value"] == 2
+    report["results"][0]["times"]["SR"]["traces"] = 3
+    assert not _only(_run_py().models_verdicts(report), "MLP function, traces")["met"]
