@@ -8,7 +8,7 @@ here, each use labelled with the versions it was checked on. Keras differences a
 
 import contextlib
 
-from safegrad._tf import TF_VERSION, tf, tf1
+from safegrad._tf import TF_VERSION, inside_function, tf, tf1
 
 
 def in_xla_context():
@@ -26,18 +26,39 @@ def in_xla_context():
 
 
 def lazy_cond(pred, true_fn, false_fn):
-    """``tf.cond`` whose untaken branch costs nothing at run time.
+    """``tf.cond`` for a cheap, usual ``true_fn`` and a costly, rare ``false_fn``: neither the
+    untaken costly branch nor a function call is paid on the usual path.
 
     A lowered cond (Switch/Merge, what TF 1.x builds and TF 2.x lowers ``If`` ops to) pays, on
     every step, one Switch per captured tensor plus a dead-node visit for every op of the untaken
     branch. The overflow/diagnosis branch of the global norm captures every gradient and has ~20
     ops per gradient: on a 200-variable model that was 6-12% of a step in a Session. An ``If`` op
-    kept as a function call (``_lower_using_switch_merge=False``) runs only the taken branch.
-    Private API (``cond_v2``, the lowering attribute), present from TF 1.15 to 2.21; branches
-    must not capture ref variables (TF1) - the callers capture only tensors.
+    kept as a function call (``_lower_using_switch_merge=False``) runs only the taken branch, but
+    the call itself costs every step (TF 1.15 Session: ~20 us of a ~50 us fixed cost; TF 2.21
+    ``tf.function``: ~6-15 us). So ``false_fn`` goes into such an If, and that If alone into the
+    false branch of a cheap cond whose true branch is ``true_fn`` built inline: on the usual path
+    only ``true_fn``'s few ops run, plus one Switch per captured tensor (the If is dead, never
+    called, its functions never instantiated). The cheap cond is a ``graph_cond`` in a Session
+    graph, a ``tf.cond`` (lowered) in a ``tf.function``; under XLA (which compiles the If either
+    way) and eagerly, one plain cond. Private API (``cond_v2``, the lowering attribute), present
+    from TF 1.15 to 2.21; branches must not capture ref variables (TF1) - the callers capture
+    only tensors. Both branches return the same structure of tensors.
     """
     if tf.executing_eagerly():
         return tf.cond(pred, true_fn, false_fn)
+    if in_xla_context():
+        return _if_call(pred, true_fn, false_fn)
+
+    def costly():
+        return _if_call(pred, true_fn, false_fn)
+
+    if inside_function():
+        return tf.cond(pred, true_fn, costly)
+    return graph_cond(pred, true_fn, costly)
+
+
+def _if_call(pred, true_fn, false_fn):
+    """A ``cond_v2`` ``If`` op kept as a function call (not lowered to Switch/Merge)."""
     from tensorflow.core.framework import attr_value_pb2
     from tensorflow.python.ops import cond_v2
 
@@ -61,7 +82,8 @@ def graph_cond(pred, true_fn, false_fn):
     branch is built in the graph as it is, every op of it created under a control dependency on
     the branch's pivot (the Identity of one Switch of ``pred``, as TF1's cond has): the untaken
     branch's pivot is dead, so are its ops, and none runs - TF1's cond semantics, for one Switch.
-    The branches' results (one scalar tensor each) are joined by a Merge.
+    The branches return the same structure (a tensor, or a dict/list/tuple of tensors); each of
+    its tensors is joined by a Merge.
 
     Session graphs only (outside ``tf.function``, where auto control dependencies would spread
     a dead op's deadness); takes ref variables (nothing is captured). Private API
@@ -76,10 +98,14 @@ def graph_cond(pred, true_fn, false_fn):
     results = []
     for branch, pivot in ((false_fn, pivots[0]), (true_fn, pivots[1])):
         with tf.control_dependencies([pivot]):
-            # (the Identity is created here, so it is gated even if the branch returns a
-            # tensor made before the cond)
-            results.append(tf.identity(branch()))
-    return control_flow_ops.merge(results, name="safegrad_cond_merge")[0]
+            # (the Identities are created here, so they are gated even if the branch returns
+            # tensors made before the cond)
+            results.append(tf.nest.map_structure(tf.identity, branch()))
+    tf.nest.assert_same_structure(results[0], results[1])
+    return tf.nest.map_structure(
+        lambda if_false, if_true: control_flow_ops.merge([if_false, if_true], name="safegrad_cond_merge")[0],
+        results[0], results[1],
+    )
 
 
 def colocate_with(tensor):

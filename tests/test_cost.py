@@ -2,8 +2,10 @@
 
 A traced ``Session.run`` reports every op that actually ran (inside function calls too). On a
 finite step, safegrad runs no per-variable NaN/Inf test at all - two IsFinite on scalars and (raise
-mode) one Assert - however many variables there are; the diagnosis (segment reductions over all
-gradients, NaN/Inf flags, the names) runs only when the step is non-finite.
+mode) one Assert - however many variables there are, and calls no function (the diagnosis ``If``
+is not even reached); the diagnosis (segment reductions over all gradients, NaN/Inf flags, the
+names) runs only when the step is non-finite. A ``tf.function`` step is traced the same way, by
+calling it from a Session graph.
 (Timings live in benchmarks/, not in unit tests.)
 """
 
@@ -13,13 +15,13 @@ import numpy as np
 import pytest
 
 import safegrad
-from safegrad._tf import tf, tf1
+from safegrad._tf import TF_VERSION, tf, tf1
 
 CHECK_OPS = ("IsFinite", "IsNan", "IsInf", "All", "Assert", "UnsortedSegmentMin", "UnsortedSegmentMax",
-             "StringJoin", "AsString")
+             "StringJoin", "AsString", "If", "StatelessIf")
 # (the error message's string ops, too, run only on the diagnosis path)
 QUIET = {"IsFinite": 2, "IsNan": 0, "IsInf": 0, "All": 0, "UnsortedSegmentMin": 0, "UnsortedSegmentMax": 0,
-         "StringJoin": 0, "AsString": 0}
+         "StringJoin": 0, "AsString": 0, "If": 0, "StatelessIf": 0}
 
 
 def _build(count, on_nonfinite):
@@ -66,9 +68,45 @@ def test_skip_mode_diagnoses_only_on_failure(count):
         healthy = _executed(sess, train_op, xs, poison=False)
         poisoned = _executed(sess, train_op, xs, poison=True)
     assert healthy == dict(QUIET, Assert=0)
-    # The failure branch diagnoses every gradient at once: segment reductions and NaN/Inf flags.
+    # The failure branch diagnoses every gradient at once, in one function call: segment
+    # reductions and NaN/Inf flags.
     assert poisoned["UnsortedSegmentMin"] >= 1 and poisoned["UnsortedSegmentMax"] >= 3
     assert poisoned["IsNan"] >= 1 and poisoned["IsInf"] >= 1
+    assert poisoned["If"] + poisoned["StatelessIf"] == 1
+
+
+@pytest.mark.skipif(TF_VERSION < (2, 0), reason="tf.function needs TF2")
+@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
+def test_a_tf_function_step_calls_no_function_and_diagnoses_only_on_failure(on_nonfinite):
+    # (a tf.function builds its conds differently from a Session graph: tf.cond, not graph_cond)
+    graph = tf.Graph()
+    with graph.as_default():
+        xs = [tf1.placeholder(tf.float32, [4]) for _ in range(10)]
+        ws = [tf.Variable(np.ones(4, np.float32), name="w{}".format(i)) for i in range(10)]
+        optimizer = tf1.train.GradientDescentOptimizer(0.1)
+        safegrad.step_state(optimizer)
+
+        @tf.function
+        def step(*inputs):
+            def loss():
+                return tf.add_n([tf.reduce_sum(w * x) for w, x in zip(ws, inputs)])
+
+            safegrad.clip_and_apply(optimizer, loss, ws, clip_norm=1.0, on_nonfinite=on_nonfinite)
+            return tf.constant(0)
+
+        train_op = step(*xs)
+        sess = tf1.Session(graph=graph)
+        sess.run(tf1.global_variables_initializer())
+    with sess:
+        healthy = _executed(sess, train_op, xs, poison=False)
+        assert healthy == dict(QUIET, Assert=1 if on_nonfinite == "raise" else 0)
+        if on_nonfinite == "raise":
+            with pytest.raises(tf.errors.InvalidArgumentError, match="non-finite gradient for: w1 \\(NaN\\)"):
+                _executed(sess, train_op, xs, poison=True)
+            return
+        poisoned = _executed(sess, train_op, xs, poison=True)
+    assert poisoned["UnsortedSegmentMin"] >= 1 and poisoned["IsNan"] >= 1
+    assert poisoned["If"] + poisoned["StatelessIf"] == 1
 
 
 def test_raise_mode_builds_its_error_message_only_for_a_failing_step():
