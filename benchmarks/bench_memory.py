@@ -6,14 +6,19 @@ an MLP 784-2048-2048-10 with Adam), runs it ``--steps`` times and reports the pr
 resident set size (``ru_maxrss``) and its resident size before the first step. Variants: V1
 (``tf.clip_by_global_norm``), SR / SS (``safegrad.clip_and_apply`` in raise / skip mode), and SN,
 an ablation that shows what the diagnosis costs: SS with the global norm's lazy diagnosis branch
-patched out (in that process only; no If function call on the healthy path - and no way to name a
-non-finite gradient or to compute an overflowing norm exactly, so not a usable step), and SE,
-the other half of that ablation: SS with the If function call kept but its diagnosis branch
-replaced by the success branch (the If op's own cost, without the gradients it captures). The
+patched out (in that process only: no cond around the norm, no If op in the graph - and no way to
+name a non-finite gradient or to compute an overflowing norm exactly, so not a usable step). The
 variants alternate in order over ``--repeats`` rounds; the medians are reported.
 
+Every process runs with ``MALLOC_ARENA_MAX=2`` (``--malloc-arena-max``; 0 keeps glibc's
+default): with glibc's default number of malloc arenas, TF 1.15 processes of the SAME variant
+settle, before the first step, in one of two heap layouts 30-50 MiB apart (M1 V1: 458 or 508 MiB
+resident when built), so a median of 5 moved by ~5 % from run to run and could not decide a 5 %
+bound. With two arenas every variant's processes agree within ~2 %.
+
 Usage:  python benchmarks/bench_memory.py [--models M1,M2] [--modes session,function]
-                                          [--repeats 3] [--steps 20] [--json out.json]
+                                          [--repeats 3] [--steps 20] [--malloc-arena-max 2]
+                                          [--json out.json]
 """
 
 import argparse
@@ -25,7 +30,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ("V1", "SR", "SS", "SN", "SE")
+VARIANTS = ("V1", "SR", "SS", "SN")
 
 
 def _resident_kib():
@@ -46,12 +51,6 @@ def one(model, mode, variant, steps):
 
         _norm.lazy_cond = lambda pred, fast, slow: fast()
         variant = "SS"
-    elif variant == "SE":  # the If op alone: both of its branches the success path
-        from safegrad import _norm
-
-        lazy_cond = _norm.lazy_cond
-        _norm.lazy_cond = lambda pred, fast, slow: lazy_cond(pred, fast, fast)
-        variant = "SS"
     maker = bench_step.SessionStep if mode == "session" else bench_step.FunctionStep
     step = maker(bench_step.MODELS[model](), variant)
     before = _resident_kib()
@@ -67,18 +66,28 @@ def main(argv=None):
     parser.add_argument("--modes", default=None, help="default: session (TF1), session,function (TF2)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--malloc-arena-max", type=int, default=2,
+                        help="MALLOC_ARENA_MAX of every measured process (0: glibc's default)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "MODE", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.malloc_arena_max < 0:
+        parser.error("--malloc-arena-max must be >= 0 (0: glibc's default); received {}".format(
+            args.malloc_arena_max))
     if args.one:
         return one(*args.one, steps=args.steps)
 
     from safegrad._tf import TF_VERSION, TF_VERSION_STRING
 
     modes = (args.modes or ("session,function" if TF_VERSION >= (2, 0) else "session")).split(",")
-    report = {"tensorflow": TF_VERSION_STRING, "steps": args.steps, "repeats": args.repeats, "results": []}
-    print("peak resident memory of one process per measurement, TensorFlow {} (median of {})".format(
-        TF_VERSION_STRING, args.repeats))
+    env = dict(os.environ)
+    env.pop("MALLOC_ARENA_MAX", None)
+    if args.malloc_arena_max:
+        env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
+    report = {"tensorflow": TF_VERSION_STRING, "steps": args.steps, "repeats": args.repeats,
+              "malloc_arena_max": args.malloc_arena_max, "results": []}
+    print("peak resident memory of one process per measurement, TensorFlow {} (median of {}; "
+          "MALLOC_ARENA_MAX={})".format(TF_VERSION_STRING, args.repeats, args.malloc_arena_max or "default"))
     for model in args.models.split(","):
         for mode in modes:
             samples = {v: [] for v in VARIANTS}
@@ -87,7 +96,7 @@ def main(argv=None):
                     out = subprocess.run(
                         [sys.executable, os.path.abspath(__file__), "--one", model, mode, variant,
                          "--steps", str(args.steps)],
-                        check=True, text=True, stdout=subprocess.PIPE,
+                        check=True, text=True, stdout=subprocess.PIPE, env=env,
                     ).stdout
                     samples[variant].append(json.loads(out.strip().splitlines()[-1]))
             peak = {v: statistics.median(s["peak_kib"] for s in samples[v]) / 1024.0 for v in VARIANTS}

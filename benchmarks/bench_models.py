@@ -49,13 +49,17 @@ Usage:  python benchmarks/bench_models.py [--cases LM,MLP,LSO,OBS] [--rounds 9] 
 """
 
 import argparse
+import collections
 import contextlib
+import glob
 import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 
 import numpy as np
 
@@ -439,6 +443,58 @@ def cases():
     return out
 
 
+def executed_ops(step):
+    """Op type -> times it ran in one call of ``step`` (a built variant), or None if this TF cannot
+    tell: a Session step is run once traced (``FULL_TRACE``: every op that ran, inside function
+    calls too); a ``tf.function`` step is called once under the profiler, whose trace lists every
+    kernel the executor ran (TF 2.x with ``tsl`` profiler protos). Counted, not timed: it tells
+    deterministically what a variant runs beyond another."""
+    counts = collections.Counter()
+    if isinstance(getattr(step, "sess", None), tf1.Session):
+        metadata = tf1.RunMetadata()
+        step.sess.run(step.fetches, getattr(step, "feed", None),
+                      options=tf1.RunOptions(trace_level=tf1.RunOptions.FULL_TRACE), run_metadata=metadata)
+        for device in metadata.step_stats.dev_stats:
+            if "/device:" not in device.device:  # (TF 1.15 adds the host's trace events: not ops)
+                continue
+            for node in device.node_stats:  # (labels are "name = Type(inputs)")
+                label = node.timeline_label
+                counts[label.split(" = ")[1].split("(")[0] if " = " in label else node.node_name] += 1
+        return dict(counts)
+    try:
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    except ImportError:
+        return None
+    logdir = tempfile.mkdtemp(prefix="safegrad_ops_")
+    try:
+        tf.profiler.experimental.start(logdir)
+        try:
+            step()
+        finally:
+            tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
+            space.ParseFromString(f.read())
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    for plane in space.planes:
+        for line in plane.lines:
+            if "Compute" not in line.name:
+                continue
+            for event in line.events:  # (the executor's kernels are "name:type"; the rest is
+                name = plane.event_metadata[event.metadata_id].name  # the thread pool's own)
+                if ":" in name:
+                    counts[name.split(":")[-1]] += 1
+    return dict(counts)
+
+
+def ops_beyond(ops, base):
+    """``ops`` minus ``base`` by op type (only the types that differ), and the total difference."""
+    diff = {k: ops.get(k, 0) - base.get(k, 0) for k in set(ops) | set(base)}
+    diff = {k: d for k, d in sorted(diff.items()) if d}
+    return diff, sum(diff.values())
+
+
 def a_a(copies):
     """The A/A ratio of a variant's builds: the median of its even-numbered builds against that of
     its odd-numbered ones (larger over smaller) - how far apart two medians over builds of the SAME
@@ -491,14 +547,24 @@ def main(argv=None):
         base = times[variants[0]]["copies_s"]
         spread = max(base) / min(base)  # the same step built again: the noise of one build
         aa = a_a(base)
-        report["results"].append({"case": case, "mode": mode, "times": times, "ratios": ratios, "aa": aa,
-                                  "spread": spread, "copies": copies})
+        # (after the timing: a traced run is slower and must not be among the samples)
+        ops = {v: executed_ops(built[v, 0]) for v in variants} if case == "MLP" else {}
+        entry = {"case": case, "mode": mode, "times": times, "ratios": ratios, "aa": aa, "spread": spread}
+        if ops and all(o is not None for o in ops.values()):
+            entry["ops_run"] = {v: sum(o.values()) for v, o in ops.items()}
+            entry["ops_beyond_first"] = {v: ops_beyond(ops[v], ops[variants[0]])[0] for v in variants[1:]}
+        report["results"].append(entry)
         print("\n{} ({}): ".format(case, mode) + "  ".join(
             "{} {:.2f} ms".format(v, 1e3 * median[v]) for v in variants)
             + "  |  " + "  ".join("{} {:.3f}".format(k, r) for k, r in ratios.items())
             + "  |  A/A {:.3f} (builds spread {:.3f})".format(aa, spread)
             + ("  |  traces " + " ".join("{} {}".format(v, t["traces"]) for v, t in times.items())
                if all("traces" in t for t in times.values()) else ""))
+        if "ops_run" in entry:
+            print("  ops run in one step: " + "  ".join("{} {}".format(v, n) for v, n in entry["ops_run"].items()))
+            for v, diff in entry["ops_beyond_first"].items():
+                print("  {} beyond {}: {}".format(v, variants[0], ", ".join(
+                    "{} {:+d}".format(k, d) for k, d in diff.items()) or "nothing"))
         sys.stdout.flush()
         del built
     if args.json:

@@ -144,6 +144,15 @@ def models_verdicts(report):
     return verdicts
 
 
+def _ops_cell(entry):
+    """The ops each variant ran in one step beyond the first variant's (bench_models' MLP cases)."""
+    if "ops_run" not in entry:
+        return "-"
+    first = next(iter(entry["ops_run"]))
+    return "{} {}; ".format(first, entry["ops_run"][first]) + ", ".join(
+        "{} {:+d}".format(v, n - entry["ops_run"][first]) for v, n in entry["ops_run"].items() if v != first)
+
+
 def scale_part(args, tmp):
     return _run_for_json("bench_scale.py", ["--sizes", args.scale_sizes], tmp)
 
@@ -181,11 +190,8 @@ def memory_verdicts(report):
 
 
 def _memory_ablations(peak):
-    """SN: no If, no diagnosis; SE: the If op alone (absent from reports made before it)."""
-    text = "SN (no If, no diagnosis) / V1 {:.3f}".format(peak["SN"] / peak["V1"])
-    if "SE" in peak:
-        text += ", SE (the If alone, diagnosing nothing) / V1 {:.3f}".format(peak["SE"] / peak["V1"])
-    return text
+    """SN: safegrad's step without the diagnosis (no cond around the norm, no If)."""
+    return "SN (no diagnosis, no If) / V1 {:.3f}".format(peak["SN"] / peak["V1"])
 
 
 def main(argv=None):
@@ -245,16 +251,17 @@ def _markdown(report, args):
         lines += ["Real models, loss scaling, explain (`bench_models.py`, {} rounds): builds of each variant "
                   "(copies, interleaved), ms per step (median over the copies), ratios, A/A (the first "
                   "variant's builds in two halves, even and odd: the median of one over the other's), "
-                  "first-call "
-                  "traces.".format(args.rounds), "",
-                  "| case | mode | builds | ms per step | ratios | A/A | traces |", "|---|---|---|---|---|---|---|"]
+                  "first-call traces.".format(args.rounds), "",
+                  "| case | mode | builds | ms per step | ratios | A/A | traces | ops run beyond the first |",
+                  "|---|---|---|---|---|---|---|---|"]
         for entry in report["models"]["results"]:
             times = entry["times"]
-            lines.append("| {} | {} | {} | {} | {} | {:.3f} | {} |".format(
-                entry["case"], entry["mode"], entry.get("copies", len(next(iter(times.values()))["copies_s"])),
+            lines.append("| {} | {} | {} | {} | {} | {:.3f} | {} | {} |".format(
+                entry["case"], entry["mode"], len(next(iter(times.values()))["copies_s"]),
                 ", ".join("{} {:.2f}".format(v, 1e3 * t["median_s"]) for v, t in times.items()),
                 ", ".join("{} **{:.3f}**".format(k, r) for k, r in entry["ratios"].items()), entry["aa"],
-                ", ".join("{} {}".format(v, t["traces"]) for v, t in times.items() if "traces" in t) or "-"))
+                ", ".join("{} {}".format(v, t["traces"]) for v, t in times.items() if "traces" in t) or "-",
+                _ops_cell(entry)))
         lines.append("")
     if "scale" in report:
         lines += ["Build (`bench_scale.py`): seconds to build the step (Session graph) or trace it "
@@ -271,17 +278,17 @@ def _markdown(report, args):
                 entry["ops_per_variable"]["SR"], entry["ops_per_variable"]["SS"]))
         lines.append("")
     if "memory" in report:
-        lines += ["Peak resident memory (`bench_memory.py`, one process each, median of {}): MiB, and "
-                  "the rise over the built step.".format(args.memory_repeats), "",
-                  "| model | mode | V1 | SR | SS | SN | SE | SR/V1 | SS/V1 | SN/V1 | SE/V1 |", "|---" * 11 + "|"]
+        arenas = report["memory"].get("malloc_arena_max")
+        lines += ["Peak resident memory (`bench_memory.py`, one process each, median of {}{}): MiB, and "
+                  "the rise over the built step.".format(
+                      args.memory_repeats, ", MALLOC_ARENA_MAX={}".format(arenas) if arenas else ""), "",
+                  "| model | mode | V1 | SR | SS | SN | SR/V1 | SS/V1 | SN/V1 |", "|---" * 9 + "|"]
         for entry in report["memory"]["results"]:
             peak, step = entry["peak_mib"], entry["step_mib"]
-            lines.append("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {} |".format(
+            lines.append("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} |".format(
                 entry["model"], entry["mode"],
-                " | ".join("{:.0f} (+{:.0f})".format(peak[v], max(step[v], 0)) if v in peak else "-"
-                           for v in ("V1", "SR", "SS", "SN", "SE")),
-                entry["ratios"]["SR/V1"], entry["ratios"]["SS/V1"], peak["SN"] / peak["V1"],
-                "{:.3f}".format(peak["SE"] / peak["V1"]) if "SE" in peak else "-"))
+                " | ".join("{:.0f} (+{:.0f})".format(peak[v], max(step[v], 0)) for v in ("V1", "SR", "SS", "SN")),
+                entry["ratios"]["SR/V1"], entry["ratios"]["SS/V1"], peak["SN"] / peak["V1"]))
         lines.append("")
     lines += ["| target | where | measured | bound | met | context |", "|---|---|---|---|---|---|"]
     for v in report["targets"]:

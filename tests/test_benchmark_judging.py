@@ -65,16 +65,14 @@ def test_floor_spread_is_capped_at_one_builds_spread():
     assert not verdict["at_floor"] and verdict["within_noise"]
 
 
-def test_memory_verdict_names_both_ablations_and_judges_reports_without_se():
-    peak = {"V1": 570.0, "SR": 575.0, "SS": 600.0, "SN": 569.0, "SE": 590.0}
+def test_memory_verdict_names_the_ablation():
+    peak = {"V1": 570.0, "SR": 575.0, "SS": 600.0, "SN": 569.0}
     report = {"results": [{"model": "M1", "mode": "session", "peak_mib": peak,
                            "ratios": {"SR/V1": 575 / 570.0, "SS/V1": 600 / 570.0}}]}
     skip = _only(_run_py().memory_verdicts(report), "M1 session, SS/V1")
     assert not skip["met"]
-    assert "SN (no If, no diagnosis) / V1 0.998" in skip["detail"]
-    assert "SE (the If alone, diagnosing nothing) / V1 1.035" in skip["detail"]
-    del peak["SE"]  # a report measured before SE existed is judged as before
-    assert "SE" not in _only(_run_py().memory_verdicts(report), "M1 session, SS/V1")["detail"]
+    assert "SN (no diagnosis, no If) / V1 0.998" in skip["detail"]
+    assert _only(_run_py().memory_verdicts(report), "M1 session, SR/V1")["met"]
 
 
 def test_a_a_compares_the_medians_of_two_halves_of_the_builds():
@@ -92,3 +90,17 @@ def test_first_call_target_counts_safegrad_traces_not_the_hand_written_floors():
     assert traces["met"] and traces["value"] == 2
     report["results"][0]["times"]["SR"]["traces"] = 3
     assert not _only(_run_py().models_verdicts(report), "MLP function, traces")["met"]
+
+
+def test_memory_benchmark_refuses_a_negative_arena_count():
+    with pytest.raises(SystemExit) as exited:
+        _script("bench_memory").main(["--malloc-arena-max", "-1"])
+    assert exited.value.code == 2  # argparse's usage error, before any process is started
+
+
+def test_ops_run_beyond_the_first_variant_are_counted_by_type():
+    diff, total = _script("bench_models").ops_beyond({"Mul": 3, "Assert": 1, "Sqrt": 1}, {"Mul": 3, "Minimum": 1, "Sqrt": 1})
+    assert diff == {"Assert": 1, "Minimum": -1} and total == 0
+    entry = {"ops_run": {"H": 99, "SR": 127, "HR": 100}}
+    assert _run_py()._ops_cell(entry) == "H 99; SR +28, HR +1"
+    assert _run_py()._ops_cell({}) == "-"  # cases and TF versions where they are not counted
