@@ -26,35 +26,34 @@ def in_xla_context():
 
 
 def lazy_cond(pred, true_fn, false_fn):
-    """``tf.cond`` for a cheap, usual ``true_fn`` and a costly, rare ``false_fn``: neither the
-    untaken costly branch nor a function call is paid on the usual path.
+    """``tf.cond`` for a cheap, usual ``true_fn`` and a costly, rare ``false_fn``: the untaken
+    costly branch costs nothing at run time.
 
     A lowered cond (Switch/Merge, what TF 1.x builds and TF 2.x lowers ``If`` ops to) pays, on
     every step, one Switch per captured tensor plus a dead-node visit for every op of the untaken
     branch. The overflow/diagnosis branch of the global norm captures every gradient and has ~20
-    ops per gradient: on a 200-variable model that was 6-12% of a step in a Session. An ``If`` op
-    kept as a function call (``_lower_using_switch_merge=False``) runs only the taken branch, but
-    the call itself costs every step (TF 1.15 Session: ~20 us of a ~50 us fixed cost; TF 2.21
-    ``tf.function``: ~6-15 us). So ``false_fn`` goes into such an If, and that If alone into the
-    false branch of a cheap cond whose true branch is ``true_fn`` built inline: on the usual path
-    only ``true_fn``'s few ops run, plus one Switch per captured tensor (the If is dead, never
-    called, its functions never instantiated). The cheap cond is a ``graph_cond`` in a Session
-    graph, a ``tf.cond`` (lowered) in a ``tf.function``; under XLA (which compiles the If either
-    way) and eagerly, one plain cond. Private API (``cond_v2``, the lowering attribute), present
-    from TF 1.15 to 2.21; branches must not capture ref variables (TF1) - the callers capture
-    only tensors. Both branches return the same structure of tensors.
+    ops per gradient: on a 200-variable model that was 6-12% of a step in a Session. So the cond
+    is an ``If`` op kept as a function call (``_lower_using_switch_merge=False``): only the taken
+    branch runs, for the cost of one call per step.
+
+    In a Session graph even that call is avoided: the If goes into the false branch of a
+    ``graph_cond`` whose true branch is ``true_fn`` built inline, so a healthy step runs
+    ``true_fn``'s few ops and one Switch, and the If is dead (never called, its functions never
+    instantiated); ``graph_cond`` captures nothing, so this costs a constant number of ops to
+    build. Not in a ``tf.function``: there the outer cond would be a branch function capturing
+    every gradient a second time (TF 2.21, 1,000 variables: the trace 1.28 -> 1.41 x plain
+    ``minimize``) for no step time that ``bench_models`` could tell apart. Under XLA (which
+    compiles the If either way) the If alone; eagerly a plain ``tf.cond``.
+
+    Private API (``cond_v2``, the lowering attribute), present from TF 1.15 to 2.21; branches
+    must not capture ref variables (TF1) - the callers capture only tensors. Both branches return
+    the same structure of tensors.
     """
     if tf.executing_eagerly():
         return tf.cond(pred, true_fn, false_fn)
-    if in_xla_context():
+    if inside_function() or in_xla_context():
         return _if_call(pred, true_fn, false_fn)
-
-    def costly():
-        return _if_call(pred, true_fn, false_fn)
-
-    if inside_function():
-        return tf.cond(pred, true_fn, costly)
-    return graph_cond(pred, true_fn, costly)
+    return graph_cond(pred, true_fn, lambda: _if_call(pred, true_fn, false_fn))
 
 
 def _if_call(pred, true_fn, false_fn):
