@@ -51,15 +51,12 @@ Usage:  python benchmarks/bench_models.py [--cases LM,MLP,LSO,OBS] [--rounds 9] 
 import argparse
 import collections
 import contextlib
-import glob
 import json
 import logging
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 
 import numpy as np
 
@@ -444,47 +441,23 @@ def cases():
 
 
 def executed_ops(step):
-    """Op type -> times it ran in one call of ``step`` (a built variant), or None if this TF cannot
-    tell: a Session step is run once traced (``FULL_TRACE``: every op that ran, inside function
-    calls too); a ``tf.function`` step is called once under the profiler, whose trace lists every
-    kernel the executor ran (TF 2.x with ``tsl`` profiler protos). Counted, not timed: it tells
-    deterministically what a variant runs beyond another."""
-    counts = collections.Counter()
-    if isinstance(getattr(step, "sess", None), tf1.Session):
-        metadata = tf1.RunMetadata()
-        step.sess.run(step.fetches, getattr(step, "feed", None),
-                      options=tf1.RunOptions(trace_level=tf1.RunOptions.FULL_TRACE), run_metadata=metadata)
-        for device in metadata.step_stats.dev_stats:
-            if "/device:" not in device.device:  # (TF 1.15 adds the host's trace events: not ops)
-                continue
-            for node in device.node_stats:  # (labels are "name = Type(inputs)")
-                label = node.timeline_label
-                counts[label.split(" = ")[1].split("(")[0] if " = " in label else node.node_name] += 1
-        return dict(counts)
-    try:
-        from tensorflow.tsl.profiler.protobuf import xplane_pb2
-    except ImportError:
+    """Op type -> times it ran in one call of ``step`` (a built variant), or None where it cannot
+    be counted: a Session step is run once traced (``FULL_TRACE``: every op that ran, inside
+    function calls too). Counted, not timed: it tells deterministically what a variant runs
+    beyond another. (A ``tf.function`` step is not counted: the profiler's trace of a call mixes
+    the thread pool's own events with the kernels', differently from run to run.)"""
+    if not isinstance(getattr(step, "sess", None), tf1.Session):
         return None
-    logdir = tempfile.mkdtemp(prefix="safegrad_ops_")
-    try:
-        tf.profiler.experimental.start(logdir)
-        try:
-            step()
-        finally:
-            tf.profiler.experimental.stop()
-        space = xplane_pb2.XSpace()
-        with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
-            space.ParseFromString(f.read())
-    finally:
-        shutil.rmtree(logdir, ignore_errors=True)
-    for plane in space.planes:
-        for line in plane.lines:
-            if "Compute" not in line.name:
-                continue
-            for event in line.events:  # (the executor's kernels are "name:type"; the rest is
-                name = plane.event_metadata[event.metadata_id].name  # the thread pool's own)
-                if ":" in name:
-                    counts[name.split(":")[-1]] += 1
+    counts = collections.Counter()
+    metadata = tf1.RunMetadata()
+    step.sess.run(step.fetches, getattr(step, "feed", None),
+                  options=tf1.RunOptions(trace_level=tf1.RunOptions.FULL_TRACE), run_metadata=metadata)
+    for device in metadata.step_stats.dev_stats:
+        if "/device:" not in device.device:  # (TF 1.15 adds the host's trace events: not ops)
+            continue
+        for node in device.node_stats:  # (labels are "name = Type(inputs)")
+            label = node.timeline_label
+            counts[label.split(" = ")[1].split("(")[0] if " = " in label else node.node_name] += 1
     return dict(counts)
 
 
