@@ -462,10 +462,9 @@ def executed_ops(step):
 
 
 def ops_beyond(ops, base):
-    """``ops`` minus ``base`` by op type (only the types that differ), and the total difference."""
-    diff = {k: ops.get(k, 0) - base.get(k, 0) for k in set(ops) | set(base)}
-    diff = {k: d for k, d in sorted(diff.items()) if d}
-    return diff, sum(diff.values())
+    """``ops`` minus ``base`` by op type: only the types that differ, in name order."""
+    diff = {k: ops.get(k, 0) - base.get(k, 0) for k in sorted(set(ops) | set(base))}
+    return {k: d for k, d in diff.items() if d}
 
 
 def a_a(copies):
@@ -525,7 +524,7 @@ def main(argv=None):
         entry = {"case": case, "mode": mode, "times": times, "ratios": ratios, "aa": aa, "spread": spread}
         if ops and all(o is not None for o in ops.values()):
             entry["ops_run"] = {v: sum(o.values()) for v, o in ops.items()}
-            entry["ops_beyond_first"] = {v: ops_beyond(ops[v], ops[variants[0]])[0] for v in variants[1:]}
+            entry["ops_beyond_first"] = {v: ops_beyond(ops[v], ops[variants[0]]) for v in variants[1:]}
         report["results"].append(entry)
         print("\n{} ({}): ".format(case, mode) + "  ".join(
             "{} {:.2f} ms".format(v, 1e3 * median[v]) for v in variants)

@@ -100,8 +100,8 @@ def test_memory_benchmark_refuses_a_negative_arena_count():
 
 def test_ops_run_beyond_the_first_variant_are_counted_by_type():
     ops_beyond = _script("bench_models").ops_beyond
-    diff, total = ops_beyond({"Mul": 3, "Assert": 1, "Sqrt": 1}, {"Mul": 3, "Minimum": 1, "Sqrt": 1})
-    assert diff == {"Assert": 1, "Minimum": -1} and total == 0
+    diff = ops_beyond({"Mul": 3, "Assert": 1, "Sqrt": 1}, {"Mul": 3, "Minimum": 1, "Sqrt": 1})
+    assert diff == {"Assert": 1, "Minimum": -1} and list(diff) == ["Assert", "Minimum"]
     entry = {"ops_run": {"H": 99, "SR": 127, "HR": 100}}
     assert _run_py()._ops_cell(entry) == "H 99; SR +28, HR +1"
     assert _run_py()._ops_cell({}) == "-"  # cases and TF versions where they are not counted
