@@ -15,9 +15,11 @@ a ``tf.function``, the training step of plain SGD:
 It reports seconds and ops, the ops added per variable over V0, the build ratios to V0, and (for
 ``tf.function``) how many times each step was traced on its first call. Every variant is first
 built once at 50 variables (the first build of a process pays one-time costs: 1.2 x on V0's
-trace), then in turn, in the order given by ``--order``, each size ``--repeats`` times (median).
+trace), then in turn, in the order given by ``--order``, each size ``--repeats`` times (median:
+with single builds, round 5 read TF 1.15's 3,000-variable SR and SS at 1.21 and 1.13 x V0 where
+the 1,000- and 10,000-variable rows read 0.86-1.01).
 
-Usage:  python benchmarks/bench_scale.py [--sizes 1000,3000,10000] [--repeats 1] [--json out.json]
+Usage:  python benchmarks/bench_scale.py [--sizes 1000,3000,10000] [--repeats 3] [--json out.json]
 """
 
 import argparse
@@ -119,14 +121,28 @@ def timed(measure, kind, count):
         gc.enable()
 
 
+def summarize(mode, count, samples):
+    """The report entry of one mode and size from ``samples`` (variant -> the (seconds, ops,
+    traces) of each build): median seconds, ops, most traces, and the ratios to V0's median."""
+    row = {kind: [statistics.median(r[0] for r in runs), runs[0][1], max(r[2] for r in runs)]
+           for kind, runs in samples.items()}
+    others = [k for k in samples if k != "V0"]
+    return {"mode": mode, "variables": count, "build": row,
+            "ratio_to_V0": {k: row[k][0] / row["V0"][0] for k in others},
+            "ops_per_variable": {k: (row[k][1] - row["V0"][1]) / float(count) for k in others},
+            "builds_s": {k: [r[0] for r in runs] for k, runs in samples.items()}}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1000,3000,10000")
     parser.add_argument("--modes", default="graph,function", help="graph and/or function (TF2)")
     parser.add_argument("--order", default=",".join(DEFAULT_ORDER), help="the variants, built in this order")
-    parser.add_argument("--repeats", type=int, default=1, help="builds per variant and size (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="builds per variant and size (median)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1. Received: --repeats {}".format(args.repeats))
     if TF_VERSION < (2, 0):
         tf1.disable_eager_execution()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -138,10 +154,12 @@ def main(argv=None):
     modes = [("graph", graph_build)] if "graph" in wanted else []
     if "function" in wanted and TF_VERSION >= (2, 0):
         modes.append(("function", function_trace))
-    report = {"tensorflow": TF_VERSION_STRING, "safegrad": safegrad.__version__, "results": []}
+    report = {"tensorflow": TF_VERSION_STRING, "safegrad": safegrad.__version__, "repeats": args.repeats,
+              "results": []}
     print("safegrad {} build-scale benchmark on TensorFlow {}".format(safegrad.__version__, TF_VERSION_STRING))
     for mode, measure in modes:
-        print("\n{}: seconds to build, ops; ratios to V0 (build time); traces on the first call".format(mode))
+        print("\n{}: seconds to build (median of {} builds), ops; ratios to V0 (build time); traces on the "
+              "first call".format(mode, args.repeats))
         print("  {:>6} | ".format("vars") + " | ".join("{:>15}".format(k) for k in kinds)
               + " | " + " ".join("{:>6}".format(k + "/V0") for k in kinds if k != "V0") + " | traces")
         for kind in kinds:
@@ -151,13 +169,9 @@ def main(argv=None):
             for _ in range(args.repeats):
                 for kind in kinds:
                     samples[kind].append(timed(measure, kind, count))
-            row = {}
-            for kind, runs in samples.items():
-                row[kind] = [statistics.median(r[0] for r in runs), runs[0][1], max(r[2] for r in runs)]
-            ratio = {k: row[k][0] / row["V0"][0] for k in kinds if k != "V0"}
-            per_var = {k: (row[k][1] - row["V0"][1]) / float(count) for k in kinds if k != "V0"}
-            report["results"].append({"mode": mode, "variables": count, "build": row, "ratio_to_V0": ratio,
-                                      "ops_per_variable": per_var})
+            entry = summarize(mode, count, samples)
+            report["results"].append(entry)
+            row, ratio = entry["build"], entry["ratio_to_V0"]
             print("  {:>6} | ".format(count)
                   + " | ".join("{:>6.2f}s {:>7d}".format(row[k][0], row[k][1]) for k in kinds)
                   + " | " + " ".join("{:>6.3f}".format(ratio[k]) for k in kinds if k != "V0")

@@ -53,8 +53,8 @@ BUILD_BOUND = 1.10
 MEMORY_BOUND = 1.05
 # A target not met is "at the floor" when the hand-written step doing the same work (bench_scale's
 # VB: reads every gradient on a bad step; VC: any skip; bench_models' HR, HS) measures no better,
-# within one build's spread (bench_scale builds each size once: ~5 % from build to build;
-# bench_models measures its A/A, used when smaller).
+# within one build's spread (~5 % from build to build in bench_scale, whose ratios are medians of
+# --scale-repeats builds; bench_models measures its A/A, used when smaller).
 FLOOR_SPREAD = 1.05
 
 
@@ -154,7 +154,8 @@ def _ops_cell(entry):
 
 
 def scale_part(args, tmp):
-    return _run_for_json("bench_scale.py", ["--sizes", args.scale_sizes], tmp)
+    return _run_for_json("bench_scale.py", ["--sizes", args.scale_sizes, "--repeats", str(args.scale_repeats)],
+                         tmp)
 
 
 def scale_verdicts(report):
@@ -162,7 +163,7 @@ def scale_verdicts(report):
     for entry in report["results"]:
         ratio, build = entry["ratio_to_V0"], entry["build"]
         for kind, floor in (("SR", "VB"), ("SS", "VC")):
-            context = "ops {} vs V0 {}".format(build[kind][1], build["V0"][1])
+            context = "ops {} vs V0 {}".format(build[kind][1], build["V0"][1]) + _build_spread(entry, kind)
             if floor in ratio:
                 context += "; the hand-written {} builds in {:.3f} x V0".format(floor, ratio[floor])
             verdicts.append(_verdict("build <= 1.10 x plain minimize", "{} {} vars, {}/V0".format(
@@ -171,6 +172,16 @@ def scale_verdicts(report):
                 verdicts.append(_verdict("first call traced once", "function {} vars, {} traces".format(
                     entry["variables"], kind), build[kind][2], 1))
     return verdicts
+
+
+def _build_spread(entry, kind):
+    """The fastest and slowest of the builds a scale ratio is the median of (reports before
+    round 6 built each size once and have none)."""
+    builds = entry.get("builds_s")
+    if not builds or len(builds[kind]) < 2:
+        return ""
+    return "; {} builds: {} {:.2f}-{:.2f} s, V0 {:.2f}-{:.2f} s".format(
+        len(builds[kind]), kind, min(builds[kind]), max(builds[kind]), min(builds["V0"]), max(builds["V0"]))
 
 
 def memory_part(args, tmp):
@@ -200,12 +211,16 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--scale-sizes", default="1000,3000,10000")
+    parser.add_argument("--scale-repeats", type=int, default=3, help="builds per variant and size (median)")
     parser.add_argument("--memory-repeats", type=int, default=3)
     parser.add_argument("--parts", default=",".join(PARTS), help="which benchmarks to run")
     parser.add_argument("--judge", metavar="OUT.json", default=None,
                         help="measure nothing: judge the targets of an earlier run's report again "
                              "(give the --runs/--rounds/--memory-repeats it ran with)")
     args = parser.parse_args(argv)
+    for name in ("runs", "rounds", "scale_repeats", "memory_repeats"):
+        if getattr(args, name) < 1:  # refused before any part runs, not after the others' hour
+            parser.error("--{0} must be >= 1. Received: --{0} {1}".format(name.replace("_", "-"), getattr(args, name)))
     parts = [p for p in args.parts.split(",") if p]
     if not parts or set(parts) - set(PARTS):
         parser.error("--parts takes some of {}; received {!r}".format(",".join(PARTS), args.parts))
@@ -264,8 +279,9 @@ def _markdown(report, args):
                 _ops_cell(entry)))
         lines.append("")
     if "scale" in report:
-        lines += ["Build (`bench_scale.py`): seconds to build the step (Session graph) or trace it "
-                  "(`tf.function`), ratio to V0 in brackets.", "",
+        lines += ["Build (`bench_scale.py`, median of {} builds per variant and size, interleaved): seconds to "
+                  "build the step (Session graph) or trace it (`tf.function`), ratio to V0 in brackets.".format(
+                      report["scale"].get("repeats", 1)), "",
                   "| mode | variables | V0 | V1 | VB | VC | SR | SS | SR ops/var over V0 | SS ops/var over V0 |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for entry in report["scale"]["results"]:

@@ -105,3 +105,49 @@ def test_ops_run_beyond_the_first_variant_are_counted_by_type():
     entry = {"ops_run": {"H": 99, "SR": 127, "HR": 100}}
     assert _run_py()._ops_cell(entry) == "H 99; SR +28, HR +1"
     assert _run_py()._ops_cell({}) == "-"  # cases and TF versions where they are not counted
+
+
+def _scale_report(builds):
+    """bench_scale's report of one 3,000-variable Session-graph row built from ``builds``
+    (variant -> seconds of each build; 100 ops, 1 trace each)."""
+    samples = {k: [(seconds, 100, 1) for seconds in s] for k, s in builds.items()}
+    return {"repeats": len(builds["V0"]), "results": [_script("bench_scale").summarize("graph", 3000, samples)]}
+
+
+def test_build_ratio_is_the_median_of_the_builds_and_names_their_spread():
+    # one slow SS build (as round 5's single 3,000-variable build) does not decide the verdict
+    builds = {"V0": [10.0, 10.4, 9.8], "VB": [12.0, 12.1, 12.2], "VC": [11.0, 11.1, 11.2],
+              "SR": [10.2, 10.1, 10.3], "SS": [12.5, 10.3, 10.2]}
+    verdicts = _run_py().scale_verdicts(_scale_report(builds))
+    skip = _only(verdicts, "graph 3000 vars, SS/V0")
+    assert skip["met"] and skip["value"] == pytest.approx(10.3 / 10.0)
+    assert "3 builds: SS 10.20-12.50 s, V0 9.80-10.40 s" in skip["detail"]
+    builds["SS"] = [12.5, 12.0, 10.2]  # two slow builds of three: not met, and VC (1.11) is no floor here
+    skip = _only(_run_py().scale_verdicts(_scale_report(builds)), "graph 3000 vars, SS/V0")
+    assert not skip["met"] and not skip["at_floor"] and skip["value"] == pytest.approx(1.2)
+
+
+def test_build_table_states_how_many_builds_and_older_reports_still_judge():
+    builds = {k: [10.0, 10.0, 10.0] for k in ("V0", "VB", "VC", "SR", "SS")}
+    report = {"scale": _scale_report(builds), "tensorflow": "2.21.0"}
+    report["targets"] = _run_py().scale_verdicts(report["scale"])
+    args = _run_py().main.__globals__["argparse"].Namespace(memory_repeats=3, runs=5, rounds=9)
+    assert "median of 3 builds per variant and size" in _run_py()._markdown(report, args)
+    del report["scale"]["repeats"], report["scale"]["results"][0]["builds_s"]  # a round-5 report
+    assert "ops 100 vs V0 100; the hand-written VB" in _only(_run_py().scale_verdicts(report["scale"]),
+                                                              "graph 3000 vars, SR/V0")["detail"]
+    assert "median of 1 builds" in _run_py()._markdown(report, args)
+
+
+@pytest.mark.parametrize("argv", [["--scale-repeats", "0"], ["--runs", "0"], ["--memory-repeats", "-1"]])
+def test_run_refuses_a_count_below_one_before_measuring(argv, tmp_path):
+    with pytest.raises(SystemExit) as exited:
+        _run_py().main(["--out", str(tmp_path / "r")] + argv)
+    assert exited.value.code == 2
+    assert not list(tmp_path.iterdir())  # nothing measured, nothing written
+
+
+def test_scale_benchmark_refuses_zero_builds():
+    with pytest.raises(SystemExit) as exited:
+        _script("bench_scale").main(["--repeats", "0"])
+    assert exited.value.code == 2
