@@ -9,6 +9,9 @@ a ``tf.function``, the training step of plain SGD:
       any step that decides in the graph whether to update costs to build
   VB  V1 plus a ``tf.cond`` branch that reads every gradient (one sum each) when the norm is not
       finite - the least a step that can name the non-finite gradients costs to build
+  VD  VB's reading branch and VC's skip together: the apply in ``tf.cond`` on a predicate that
+      waits for the reading branch - the least a step that can both skip and name the non-finite
+      gradients (what SS does) costs to build
   SR  ``safegrad.clip_and_apply`` in raise mode
   SS  ``safegrad.clip_and_apply`` in skip mode
 
@@ -33,8 +36,8 @@ import numpy as np
 import safegrad
 from safegrad._tf import TF_VERSION, TF_VERSION_STRING, tf, tf1
 
-KINDS = ("V0", "V1", "VB", "VC", "SR", "SS")
-DEFAULT_ORDER = ("V0", "VB", "VC", "SR", "SS")  # V1: --order
+KINDS = ("V0", "V1", "VB", "VC", "VD", "SR", "SS")
+DEFAULT_ORDER = ("V0", "VB", "VC", "VD", "SR", "SS")  # V1: --order
 
 
 def _hand_written(kind, optimizer, grads, variables):
@@ -44,24 +47,26 @@ def _hand_written(kind, optimizer, grads, variables):
     clipped, _ = tf.clip_by_global_norm(grads, 1.0, use_norm=norm)
     if kind == "V1":
         return optimizer.apply_gradients(zip(clipped, variables))
-    if kind == "VB":
-        read = tf.cond(tf.math.is_finite(norm), lambda: tf.constant(0.0),
-                       lambda: tf.add_n([tf.reduce_sum(g) for g in grads]))
-        with tf.control_dependencies([read]):
-            return optimizer.apply_gradients(zip(clipped, variables))
+    finite = tf.math.is_finite(norm)
+    if kind in ("VB", "VD"):
+        read = tf.cond(finite, lambda: tf.constant(0.0), lambda: tf.add_n([tf.reduce_sum(g) for g in grads]))
+        if kind == "VB":
+            with tf.control_dependencies([read]):
+                return optimizer.apply_gradients(zip(clipped, variables))
+        finite = tf.math.is_finite(norm + read)  # (0.0 on a finite step: the decision waits for the read)
 
     def apply():
         with tf.control_dependencies([optimizer.apply_gradients(zip(clipped, variables))]):
             return tf.constant(True)
 
-    return tf.cond(tf.math.is_finite(norm), apply, lambda: tf.constant(False))
+    return tf.cond(finite, apply, lambda: tf.constant(False))
 
 
 def _graph_step(kind, variables, loss_fn):
     optimizer = tf1.train.GradientDescentOptimizer(0.1)
     if kind == "V0":
         return optimizer.minimize(loss_fn(), var_list=variables)
-    if kind in ("V1", "VB", "VC"):
+    if kind in ("V1", "VB", "VC", "VD"):
         return _hand_written(kind, optimizer, tf.gradients(loss_fn(), variables), variables)
     policy = {"SR": "raise", "SS": "skip"}[kind]
     return safegrad.clip_and_apply(optimizer, loss_fn(), variables, clip_norm=1.0, on_nonfinite=policy)

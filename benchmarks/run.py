@@ -52,8 +52,8 @@ MODEL_FLOORS = {"SR/H": "HR/H", "SS/H": "HS/H"}
 BUILD_BOUND = 1.10
 MEMORY_BOUND = 1.05
 # A target not met is "at the floor" when the hand-written step doing the same work (bench_scale's
-# VB: reads every gradient on a bad step; VC: any skip; bench_models' HR, HS) measures no better,
-# within one build's spread (~5 % from build to build in bench_scale, whose ratios are medians of
+# VB: reads every gradient on a bad step; VC: any skip; VD: both, as SS; bench_models' HR, HS)
+# measures no better, within one build's spread (~5 % from build to build in bench_scale, whose ratios are medians of
 # --scale-repeats builds; bench_models measures its A/A, used when smaller).
 FLOOR_SPREAD = 1.05
 
@@ -162,7 +162,8 @@ def scale_verdicts(report):
     verdicts = []
     for entry in report["results"]:
         ratio, build = entry["ratio_to_V0"], entry["build"]
-        for kind, floor in (("SR", "VB"), ("SS", "VC")):
+        # (SS names and skips: its floor is VD, which does both; reports before VD have only VC)
+        for kind, floor in (("SR", "VB"), ("SS", "VD" if "VD" in ratio else "VC")):
             context = "ops {} vs V0 {}".format(build[kind][1], build["V0"][1]) + _build_spread(entry, kind)
             if floor in ratio:
                 context += "; the hand-written {} builds in {:.3f} x V0".format(floor, ratio[floor])
@@ -282,13 +283,13 @@ def _markdown(report, args):
         lines += ["Build (`bench_scale.py`, median of {} builds per variant and size, interleaved): seconds to "
                   "build the step (Session graph) or trace it (`tf.function`), ratio to V0 in brackets.".format(
                       report["scale"].get("repeats", 1)), "",
-                  "| mode | variables | V0 | V1 | VB | VC | SR | SS | SR ops/var over V0 | SS ops/var over V0 |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| mode | variables | V0 | V1 | VB | VC | VD | SR | SS | SR ops/var over V0 | SS ops/var over V0 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for entry in report["scale"]["results"]:
             build, ratio = entry["build"], entry["ratio_to_V0"]
             cells = ["{:.2f}".format(build["V0"][0])]
             cells += ["{:.2f} ({:.2f})".format(build[k][0], ratio[k]) if k in build else "-"
-                      for k in ("V1", "VB", "VC", "SR", "SS")]
+                      for k in ("V1", "VB", "VC", "VD", "SR", "SS")]
             lines.append("| {} | {} | {} | {:+.1f} | {:+.1f} |".format(
                 entry["mode"], entry["variables"], " | ".join(cells),
                 entry["ops_per_variable"]["SR"], entry["ops_per_variable"]["SS"]))

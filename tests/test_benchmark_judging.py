@@ -127,12 +127,29 @@ def test_build_ratio_is_the_median_of_the_builds_and_names_their_spread():
     assert not skip["met"] and not skip["at_floor"] and skip["value"] == pytest.approx(1.2)
 
 
+def test_skip_build_is_judged_against_the_hand_written_step_that_names_and_skips():
+    # SS both names the bad gradients and skips: its floor is VD (both), not VC (the skip alone)
+    builds = {"V0": [10.0, 10.0, 10.0], "VB": [11.5, 11.5, 11.5], "VC": [11.0, 11.0, 11.0],
+              "VD": [12.0, 12.0, 12.0], "SR": [10.0, 10.0, 10.0], "SS": [12.4, 12.4, 12.4]}
+    skip = _only(_run_py().scale_verdicts(_scale_report(builds)), "graph 3000 vars, SS/V0")
+    assert skip["at_floor"] and "the hand-written VD builds in 1.200 x V0" in skip["detail"]
+    builds["SS"] = [12.7, 12.7, 12.7]  # more than one build's spread above VD: not its floor
+    skip = _only(_run_py().scale_verdicts(_scale_report(builds)), "graph 3000 vars, SS/V0")
+    assert not skip["met"] and not skip["at_floor"]
+    del builds["VD"]  # a report from before VD: VC (1.10, not above the bound) is no floor
+    skip = _only(_run_py().scale_verdicts(_scale_report(builds)), "graph 3000 vars, SS/V0")
+    assert not skip["at_floor"] and "the hand-written VC builds in 1.100 x V0" in skip["detail"]
+
+
 def test_build_table_states_how_many_builds_and_older_reports_still_judge():
-    builds = {k: [10.0, 10.0, 10.0] for k in ("V0", "VB", "VC", "SR", "SS")}
+    builds = {k: [10.0, 10.0, 10.0] for k in ("V0", "VB", "VC", "VD", "SR", "SS")}
     report = {"scale": _scale_report(builds), "tensorflow": "2.21.0"}
     report["targets"] = _run_py().scale_verdicts(report["scale"])
     args = _run_py().main.__globals__["argparse"].Namespace(memory_repeats=3, runs=5, rounds=9)
-    assert "median of 3 builds per variant and size" in _run_py()._markdown(report, args)
+    table = _run_py()._markdown(report, args)
+    assert "median of 3 builds per variant and size" in table
+    assert "| VC | VD | SR |" in table
+    assert "| graph | 3000 | 10.00 | - |" + " 10.00 (1.00) |" * 5 + " +0.0 | +0.0 |" in table
     del report["scale"]["repeats"], report["scale"]["results"][0]["builds_s"]  # a round-5 report
     assert "ops 100 vs V0 100; the hand-written VB" in _only(_run_py().scale_verdicts(report["scale"]),
                                                               "graph 3000 vars, SR/V0")["detail"]
