@@ -1,13 +1,15 @@
 """How ``benchmarks/run.py`` judges a measured ratio: met, at the hand-written floor, within A/A.
 
 The benchmarks themselves run outside the matrix (``tox -e bench-*``); the rules that turn their
-numbers into the README's verdicts are plain Python and are checked here on made-up reports.
+numbers into the README's verdicts are plain Python and are checked here on made-up reports, and
+the hand-written floors they are judged against are checked to do what their names say.
 """
 
 import functools
 import importlib.util
 import os
 
+import numpy as np
 import pytest
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
@@ -168,3 +170,27 @@ def test_scale_benchmark_refuses_zero_builds():
     with pytest.raises(SystemExit) as exited:
         _script("bench_scale").main(["--repeats", "0"])
     assert exited.value.code == 2
+
+
+@pytest.mark.parametrize("kind", ["VB", "VC", "VD"])
+def test_hand_written_build_floors_clip_and_skip_as_their_names_say(mode, kind):
+    # VB (reads every gradient on a bad step) still applies a bad step; VC and VD skip it
+    from safegrad._tf import tf, tf1
+
+    variables = [mode.variable(np.ones(4), "v{}".format(i)) for i in range(3)]
+    optimizer = tf1.train.GradientDescentOptimizer(0.1)
+
+    def step(gradient):
+        grads = [gradient + tf.zeros_like(v) for v in variables]
+        return _script("bench_scale")._hand_written(kind, optimizer, grads, variables)
+
+    run = mode.step(step, np.ones(4, np.float32))
+    run(np.ones(4, np.float32))  # global norm sqrt(12), clipped to 1
+    healthy = 1.0 - 0.1 / np.sqrt(12.0)
+    np.testing.assert_allclose(mode.read(variables[2]), np.full(4, healthy), rtol=1e-6)
+    run(np.array([1.0, np.nan, 1.0, 1.0], np.float32))
+    after = mode.read(variables[2])
+    if kind == "VB":
+        assert np.isnan(after).all()
+    else:
+        np.testing.assert_allclose(after, np.full(4, healthy), rtol=1e-6)
