@@ -53,9 +53,11 @@ BUILD_BOUND = 1.10
 MEMORY_BOUND = 1.05
 # A target not met is "at the floor" when the hand-written step doing the same work (bench_scale's
 # VB: reads every gradient on a bad step; VC: any skip; VD: both, as SS; bench_models' HR, HS)
-# measures no better, within one build's spread (~5 % from build to build in bench_scale, whose ratios are medians of
-# --scale-repeats builds; bench_models measures its A/A, used when smaller).
+# measures no better, within one build's spread (~5 % from build to build in bench_scale, whose
+# ratios are medians of --scale-repeats builds; bench_models measures its A/A, used when smaller).
 FLOOR_SPREAD = 1.05
+# bench_scale's variants in the build table, after V0 (a report without one shows "-")
+SCALE_COLUMNS = ("V1", "VB", "VC", "VD", "SR", "SS")
 
 
 def _run(args):
@@ -283,13 +285,13 @@ def _markdown(report, args):
         lines += ["Build (`bench_scale.py`, median of {} builds per variant and size, interleaved): seconds to "
                   "build the step (Session graph) or trace it (`tf.function`), ratio to V0 in brackets.".format(
                       report["scale"].get("repeats", 1)), "",
-                  "| mode | variables | V0 | V1 | VB | VC | VD | SR | SS | SR ops/var over V0 | SS ops/var over V0 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| mode | variables | V0 | " + " | ".join(SCALE_COLUMNS) + " | SR ops/var over V0 | SS ops/var "
+                  "over V0 |", "|---|---|---|" + "---|" * (len(SCALE_COLUMNS) + 2)]
         for entry in report["scale"]["results"]:
             build, ratio = entry["build"], entry["ratio_to_V0"]
             cells = ["{:.2f}".format(build["V0"][0])]
             cells += ["{:.2f} ({:.2f})".format(build[k][0], ratio[k]) if k in build else "-"
-                      for k in ("V1", "VB", "VC", "VD", "SR", "SS")]
+                      for k in SCALE_COLUMNS]
             lines.append("| {} | {} | {} | {:+.1f} | {:+.1f} |".format(
                 entry["mode"], entry["variables"], " | ".join(cells),
                 entry["ops_per_variable"]["SR"], entry["ops_per_variable"]["SS"]))
