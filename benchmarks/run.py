@@ -6,13 +6,23 @@
 * ``bench_memory.py``: peak resident memory of a step (one process per measurement).
 
 Usage:  python benchmarks/run.py --out benchmarks/results/tf221 [--runs 5] [--rounds 9]
-                                 [--parts step,models,scale,memory] [--judge earlier.json]
+                                 [--parts step,models,scale,memory] [--readme README.md]
         (what `tox -e bench-tf221` and `tox -e bench-tf115` run: one after the other, never together)
+
+Re-measuring some rows (e.g. ``bench_models.py --cases MLP --json mlp.json``) and judging them
+with the rest of an earlier run:
+        python benchmarks/run.py --judge benchmarks/results/tf221.json --merge mlp.json
+                                 --out benchmarks/results/tf221 --readme README.md
+
+``--readme`` rewrites the README's results block of this TensorFlow version (from its
+"TensorFlow <version>." line to the next version's or to "What the numbers say:"): the tables,
+the count of targets met and one line per target not met.
 """
 
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -220,7 +230,17 @@ def main(argv=None):
     parser.add_argument("--judge", metavar="OUT.json", default=None,
                         help="measure nothing: judge the targets of an earlier run's report again "
                              "(give the --runs/--rounds/--memory-repeats it ran with)")
+    parser.add_argument("--merge", metavar="PART.json", action="append", default=[],
+                        help="with --judge: rows a benchmark script re-measured (its --json report) "
+                             "replace the same rows of the judged report; repeatable")
+    parser.add_argument("--readme", metavar="README.md", default=None,
+                        help="also rewrite this TensorFlow version's results block in the README")
     args = parser.parse_args(argv)
+    if args.merge and not args.judge:
+        parser.error("--merge needs --judge (the report the re-measured rows go into). Received: --merge {}".format(
+            " --merge ".join(args.merge)))
+    if args.readme and not os.path.isfile(args.readme):
+        parser.error("--readme must name an existing README file. Received: --readme {}".format(args.readme))
     for name in ("runs", "rounds", "scale_repeats", "memory_repeats"):
         if getattr(args, name) < 1:  # refused before any part runs, not after the others' hour
             parser.error("--{0} must be >= 1. Received: --{0} {1}".format(name.replace("_", "-"), getattr(args, name)))
@@ -231,6 +251,12 @@ def main(argv=None):
     if args.judge:
         with open(args.judge) as f:
             report = json.load(f)
+        for path in args.merge:
+            with open(path) as f:
+                try:
+                    merge_rows(report, json.load(f), path)
+                except ValueError as error:
+                    parser.error(str(error))
     else:
         report = {}
         with tempfile.TemporaryDirectory() as tmp:
@@ -245,7 +271,123 @@ def main(argv=None):
     with open(args.out + ".md", "w") as f:
         f.write(markdown)
     print(markdown)
+    if args.readme:
+        with open(args.readme) as f:
+            text = f.read()
+        with open(args.readme, "w") as f:
+            f.write(update_readme(text, report["tensorflow"], readme_block(markdown, report["targets"])))
+        print("{}: the TensorFlow {} results block rewritten".format(args.readme, report["tensorflow"]))
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# --merge: rows re-measured by one benchmark script replace the same rows of an earlier report
+
+# part -> (the fields naming a row, the benchmark script whose --json report has such rows)
+MERGEABLE = {
+    "models": (("case", "mode"), "bench_models.py"),
+    "scale": (("mode", "variables"), "bench_scale.py"),
+    "memory": (("model", "mode"), "bench_memory.py"),
+}
+
+
+def _row_key(part, entry):
+    return tuple(entry[k] for k in MERGEABLE[part][0])
+
+
+def _part_of(measured, source):
+    """Which part a benchmark script's --json report holds (its rows' fields tell)."""
+    rows = measured.get("results") if isinstance(measured, dict) else None
+    if rows:
+        for part, (fields, _) in MERGEABLE.items():
+            if all(all(k in row for k in fields) for row in rows) and (part != "memory" or "peak_mib" in rows[0]):
+                return part
+    raise ValueError(
+        "--merge takes the --json report of {}. Received: {} (no rows of any of them; bench_step.py's "
+        "runs cannot be merged: re-run the step part)".format(
+            ", ".join(script for _, script in MERGEABLE.values()), source))
+
+
+def merge_rows(report, measured, source):
+    """``report`` with the rows of ``measured`` (a benchmark script's --json report, read from
+    ``source``) in place of its rows of the same case, mode, size; rows it lacks are appended.
+    Returns the names of the merged rows; ``report["merged"]`` lists them, with ``source``'s file
+    name, for the tables to say which rows come from a later run."""
+    part = _part_of(measured, source)
+    if measured.get("tensorflow") != report.get("tensorflow"):
+        raise ValueError("--merge: {} measured TensorFlow {}, the judged report {}".format(
+            source, measured.get("tensorflow"), report.get("tensorflow")))
+    if part not in report:
+        raise ValueError("--merge: the judged report has no {} part to merge {} into".format(part, source))
+    target = report[part]
+    if part == "scale" and measured.get("repeats", 1) != target.get("repeats", 1):
+        raise ValueError("--merge: {} built each size {} times, the judged report {} (its table states one "
+                         "count)".format(source, measured.get("repeats", 1), target.get("repeats", 1)))
+    rows = {_row_key(part, e): i for i, e in enumerate(target["results"])}
+    names = []
+    for entry in measured["results"]:
+        key = _row_key(part, entry)
+        if key in rows:
+            target["results"][rows[key]] = entry
+        else:
+            rows[key] = len(target["results"])
+            target["results"].append(entry)
+        names.append(" ".join(str(k) for k in key))
+    report.setdefault("merged", []).append({"part": part, "rows": names, "from": os.path.basename(source)})
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# --readme: the README's results block of this TensorFlow version
+
+
+def summary_lines(targets):
+    """The count of targets met, and one line per target not met (the README's summary)."""
+    count = {k: sum(v[k] for v in targets) for k in ("met", "at_floor", "within_noise")}
+    missed = [v for v in targets if not v["met"]]
+    if not missed:
+        return ["{} of {} targets met.".format(count["met"], len(targets))]
+    lines = ["{} of {} targets met; not met: {} at the measured floor, {} within the A/A, {} other:".format(
+        count["met"], len(targets), count["at_floor"], count["within_noise"],
+        len(missed) - count["at_floor"] - count["within_noise"]), ""]
+    for v in missed:
+        value = "{:.3f}".format(v["value"]) if isinstance(v["value"], float) else str(v["value"])
+        label = "at the floor" if v["at_floor"] else "within A/A" if v["within_noise"] else "not met"
+        lines.append("* {} ({}): {}, {}{}".format(v["target"], v["where"], value, label,
+                                                  "; " + v["detail"] if v["detail"] else ""))
+    return lines
+
+
+README_END = "What the numbers say:"
+
+
+def readme_block(markdown, targets):
+    """A version's block in the README: its results tables (the markdown up to the targets table)
+    and the summary of the targets."""
+    tables = markdown.split("| target | where |")[0].rstrip("\n")
+    return tables + "\n\n" + "\n".join(summary_lines(targets)) + "\n\n"
+
+
+def update_readme(text, tensorflow, block):
+    """``text`` (the README) with the block of TensorFlow ``tensorflow`` replaced by ``block``, or
+    inserted before the next version's block or "What the numbers say:"."""
+    start_line = "\nTensorFlow {}.\n".format(tensorflow)
+    end = text.find("\n" + README_END)
+    if end < 0:
+        raise ValueError("--readme: the README has no line {!r} ending the results blocks".format(README_END))
+    blocks = [(m.start() + 1, m.group(1)) for m in re.finditer(r"\nTensorFlow ([0-9][^\n]*)\.\n", text[:end])]
+    if start_line in text[:end]:
+        start = text.index(start_line, 0, end) + 1
+        following = [s for s, _ in blocks if s > start]
+        stop = following[0] if following else end + 1
+        return text[:start] + block + text[stop:]
+    later = [s for s, v in blocks if _version(v) > _version(tensorflow)]
+    at = later[0] if later else end + 1
+    return text[:at] + block + text[at:]
+
+
+def _version(text):
+    return tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.\-]", text)[:3])
 
 
 def _markdown(report, args):
@@ -309,6 +451,10 @@ def _markdown(report, args):
                 " | ".join("{:.0f} (+{:.0f})".format(peak[v], max(step[v], 0)) for v in ("V1", "SR", "SS", "SN")),
                 entry["ratios"]["SR/V1"], entry["ratios"]["SS/V1"], peak["SN"] / peak["V1"]))
         lines.append("")
+    if report.get("merged"):
+        lines += ["Rows re-measured in a later run and merged (`run.py --judge ... --merge`): " + "; ".join(
+            "{} {} (from {})".format(m["part"], ", ".join(m["rows"]), m["from"]) for m in report["merged"])
+            + ".", ""]
     lines += ["| target | where | measured | bound | met | context |", "|---|---|---|---|---|---|"]
     for v in report["targets"]:
         value = "{:.3f}".format(v["value"]) if isinstance(v["value"], float) else str(v["value"])

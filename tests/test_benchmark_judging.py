@@ -7,6 +7,7 @@ the hand-written floors they are judged against are checked to do what their nam
 
 import functools
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -194,3 +195,123 @@ def test_hand_written_build_floors_clip_and_skip_as_their_names_say(mode, kind):
         assert np.isnan(after).all()
     else:
         np.testing.assert_allclose(after, np.full(4, healthy), rtol=1e-6)
+
+
+# --merge and --readme: rows re-measured later, and the README's results blocks
+
+
+def _models_row(case, mode, ratio):
+    return {"case": case, "mode": mode, "aa": 1.01, "ratios": {"SS/H": ratio},
+            "times": {v: {"median_s": 0.005, "copies_s": [0.005] * 4} for v in ("H", "SS")}}
+
+
+def _judged(tmp_path, rows, tensorflow="2.21.0"):
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps({"tensorflow": tensorflow, "models": {"results": rows}}))
+    return path
+
+
+def test_merged_rows_replace_the_same_rows_and_are_named_in_the_tables(tmp_path):
+    earlier = _judged(tmp_path, [_models_row("MLP", "session", 1.01), _models_row("MLP", "function", 1.03)])
+    later = tmp_path / "mlp.json"
+    later.write_text(json.dumps({"tensorflow": "2.21.0", "results": [
+        _models_row("MLP", "function", 1.015), _models_row("LM", "function", 1.0)]}))
+    report = _run_py().main(["--judge", str(earlier), "--merge", str(later), "--out", str(tmp_path / "r")])
+    rows = [(e["case"], e["mode"], e["ratios"]["SS/H"]) for e in report["models"]["results"]]
+    assert rows == [("MLP", "session", 1.01), ("MLP", "function", 1.015), ("LM", "function", 1.0)]
+    assert [v["met"] for v in report["targets"]] == [True, True, True]  # judged after the merge
+    table = (tmp_path / "r.md").read_text()
+    assert "merged (`run.py --judge ... --merge`): models MLP function, LM function (from mlp.json)." in table
+    assert str(tmp_path) not in table  # no machine path in a committed table
+
+
+@pytest.mark.parametrize("later, error", [
+    ({"tensorflow": "1.15.5", "results": [_models_row("MLP", "session", 1.0)]}, "measured TensorFlow 1.15.5"),
+    # bench_step.py's runs (model, mode, ratios) cannot be merged row by row
+    ({"tensorflow": "2.21.0", "results": [{"model": "M1", "mode": "function", "ratios": {}}]}, "bench_step.py"),
+    ({"tensorflow": "2.21.0", "results": [{"mode": "graph", "variables": 1000}], "repeats": 3}, "no scale part"),
+])
+def test_merge_refuses_rows_that_do_not_belong_to_the_report(tmp_path, capsys, later, error):
+    earlier = _judged(tmp_path, [_models_row("MLP", "session", 1.01)])
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    with pytest.raises(SystemExit) as exited:
+        _run_py().main(["--judge", str(earlier), "--merge", str(tmp_path / "later.json"), "--out", str(tmp_path / "r")])
+    assert exited.value.code == 2 and error in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_merge_needs_a_judged_report(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        _run_py().main(["--merge", "mlp.json", "--out", str(tmp_path / "r")])
+    assert exited.value.code == 2 and "--merge needs --judge" in capsys.readouterr().err
+
+
+def test_scale_rows_merge_only_with_the_same_build_count():
+    builds = {k: [10.0, 10.0, 10.0] for k in ("V0", "VB", "VC", "VD", "SR", "SS")}
+    report = {"tensorflow": "2.21.0", "scale": _scale_report(builds)}
+    once = {"tensorflow": "2.21.0", **_scale_report({k: [10.0] for k in builds})}
+    with pytest.raises(ValueError, match="built each size 1 times, the judged report 3"):
+        _run_py().merge_rows(report, once, "scale.json")
+    again = {"tensorflow": "2.21.0", **_scale_report({k: [11.0, 11.0, 11.0] for k in builds})}
+    assert _run_py().merge_rows(report, again, "/somewhere/scale.json") == ["graph 3000"]
+    assert report["scale"]["results"][0]["build"]["V0"][0] == 11.0
+    assert report["merged"] == [{"part": "scale", "rows": ["graph 3000"], "from": "scale.json"}]
+
+
+README = """# x
+
+Latest run.
+
+TensorFlow 1.15.5.
+
+old 1.15 tables
+
+1 of 1 targets met.
+
+TensorFlow 2.21.0.
+
+old 2.21 tables
+
+What the numbers say:
+
+* prose
+"""
+
+
+def test_readme_block_of_one_version_is_rewritten_and_the_rest_kept():
+    update = _run_py().update_readme
+    new = update(README, "2.21.0", "TensorFlow 2.21.0.\n\nnew\n\n")
+    assert new == README.replace("old 2.21 tables\n\n", "new\n\n")
+    new = update(README, "1.15.5", "TensorFlow 1.15.5.\n\nnew\n\n")
+    assert new == README.replace("old 1.15 tables\n\n1 of 1 targets met.\n\n", "new\n\n")
+    # a version the README has no block for goes in version order
+    new = update(README, "2.10.1", "TensorFlow 2.10.1.\n\nmid\n\n")
+    assert new.index("TensorFlow 1.15.5.") < new.index("mid") < new.index("TensorFlow 2.21.0.")
+    with pytest.raises(ValueError, match="What the numbers say:"):
+        update("# no results\n", "2.21.0", "TensorFlow 2.21.0.\n")
+
+
+def test_readme_summary_counts_the_targets_and_lists_those_not_met():
+    verdict = _run_py()._verdict
+    targets = [verdict("a", "x", 1.0, 1.1), verdict("b", "y", 1.3, 1.1, "ops 5", floor=1.4),
+               verdict("c", "z", 1.03, 1.02, noise=1.04), verdict("d", "w", 3, 1)]
+    assert _run_py().summary_lines(targets) == [
+        "1 of 4 targets met; not met: 1 at the measured floor, 1 within the A/A, 1 other:", "",
+        "* b (y): 1.300, at the floor; ops 5", "* c (z): 1.030, within A/A", "* d (w): 3, not met"]
+    assert _run_py().summary_lines(targets[:1]) == ["1 of 1 targets met."]
+
+
+@pytest.mark.parametrize("version", ["tf115", "tf221"])
+def test_readme_shows_the_saved_results(version, tmp_path):
+    # the README's results block is what `run.py --readme` writes from the saved report: rewriting
+    # it from benchmarks/results changes nothing (else a result was saved without its README)
+    readme = tmp_path / "README.md"
+    original = open(os.path.join(os.path.dirname(BENCHMARKS), "README.md")).read()
+    readme.write_text(original)
+    saved = os.path.join(BENCHMARKS, "results", version)
+    repeats = {"tf115": ["--memory-repeats", "5"], "tf221": []}[version]  # (what tox.ini runs)
+    report = _run_py().main(["--judge", saved + ".json", "--out", str(tmp_path / version),
+                             "--readme", str(readme)] + repeats)
+    assert "\nTensorFlow {}.\n".format(report["tensorflow"]) in original
+    assert readme.read_text() == original
+    assert (tmp_path / (version + ".md")).read_text() == open(saved + ".md").read()
