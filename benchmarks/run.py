@@ -239,8 +239,15 @@ def main(argv=None):
     if args.merge and not args.judge:
         parser.error("--merge needs --judge (the report the re-measured rows go into). Received: --merge {}".format(
             " --merge ".join(args.merge)))
-    if args.readme and not os.path.isfile(args.readme):
-        parser.error("--readme must name an existing README file. Received: --readme {}".format(args.readme))
+    if args.readme:  # (checked before measuring: a run takes an hour)
+        try:
+            with open(args.readme) as f:
+                ends = "\n" + README_END in f.read()
+        except OSError as error:
+            parser.error("--readme must name a readable README file. Received: --readme {} ({})".format(
+                args.readme, error))
+        if not ends:
+            parser.error("--readme: {} has no line {!r} ending the results blocks".format(args.readme, README_END))
     for name in ("runs", "rounds", "scale_repeats", "memory_repeats"):
         if getattr(args, name) < 1:  # refused before any part runs, not after the others' hour
             parser.error("--{0} must be >= 1. Received: --{0} {1}".format(name.replace("_", "-"), getattr(args, name)))
@@ -249,14 +256,12 @@ def main(argv=None):
         parser.error("--parts takes some of {}; received {!r}".format(",".join(PARTS), args.parts))
 
     if args.judge:
-        with open(args.judge) as f:
-            report = json.load(f)
+        report = _read_report(parser, "--judge", args.judge)
         for path in args.merge:
-            with open(path) as f:
-                try:
-                    merge_rows(report, json.load(f), path)
-                except ValueError as error:
-                    parser.error(str(error))
+            try:
+                merge_rows(report, _read_report(parser, "--merge", path), path)
+            except ValueError as error:
+                parser.error(str(error))
     else:
         report = {}
         with tempfile.TemporaryDirectory() as tmp:
@@ -388,6 +393,15 @@ def update_readme(text, tensorflow, block):
 
 def _version(text):
     return tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.\-]", text)[:3])
+
+
+def _read_report(parser, option, path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        parser.error("{} must name a report written by a benchmark (--json). Received: {} {} ({})".format(
+            option, option, path, error))
 
 
 def _markdown(report, args):

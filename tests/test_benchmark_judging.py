@@ -240,10 +240,19 @@ def test_merge_refuses_rows_that_do_not_belong_to_the_report(tmp_path, capsys, l
     assert not (tmp_path / "r.md").exists()
 
 
-def test_merge_needs_a_judged_report(tmp_path, capsys):
+@pytest.mark.parametrize("argv, error", [
+    (["--merge", "mlp.json"], "--merge needs --judge"),
+    (["--judge", "missing.json"], "--judge must name a report written by a benchmark"),
+    (["--judge", "README.md"], "--judge must name a report written by a benchmark"),  # not JSON
+    (["--readme", "missing.md"], "--readme must name a readable README file"),
+    (["--readme", "tox.ini"], "has no line 'What the numbers say:'"),
+])
+def test_run_refuses_reports_and_readmes_it_cannot_use(argv, error, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(os.path.dirname(BENCHMARKS))
     with pytest.raises(SystemExit) as exited:
-        _run_py().main(["--merge", "mlp.json", "--out", str(tmp_path / "r")])
-    assert exited.value.code == 2 and "--merge needs --judge" in capsys.readouterr().err
+        _run_py().main(argv + ["--out", str(tmp_path / "r")])
+    assert exited.value.code == 2 and error in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # refused before measuring or writing anything
 
 
 def test_scale_rows_merge_only_with_the_same_build_count():
