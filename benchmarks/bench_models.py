@@ -23,6 +23,10 @@ Cases (``--cases``):
              norm being finite (counts nothing)
        Session: ``tf.compat.v1.train.AdamOptimizer`` and ``SafeOptimizer.minimize``; tf.function:
        a Keras model, the Keras Adam and ``SafeOptimizer.apply_gradients``.
+  FIX  the MLP's step at 8-4-4-2 units, next to no arithmetic: what each MLP variant costs per
+       step whatever the model (its time beyond H, in microseconds; no target of its own), and
+         SRn, SSn  SR, SS built without safegrad's ``StepState`` counters (patched out while they
+                   are built, in this process only - an ablation): what the documented counters cost
   LSO  (tf.function, Keras's LossScaleOptimizer) the MLP 784-2048-2048-10 with Adam under the
        ``mixed_float16`` policy, batch 128:
          K   ``LossScaleOptimizer(Adam(global_clipnorm=1.0))``: Keras's own clipping
@@ -35,18 +39,18 @@ Cases (``--cases``):
          E   safegrad in skip mode as shipped, with the ``safegrad`` logger at INFO and, in a
              Session, ``safegrad.ExplainHook``; in ``fit``, ``safegrad.ExplainCallback``
 
-Every variant is built ``--copies`` times (5), the copies interleaved, and a variant's time is
-the median over its copies of each copy's median: two builds of the SAME step differ by up to 8 %
-here (where TensorFlow placed their buffers and threads; printed as "builds spread", the first
-variant's slowest copy over its fastest), more than the 1-2 % bounds. ``A/A`` is the noise a ratio
-is read against: the first variant's builds split in two halves (even and odd builds), the
-median of one half over the other's. The MLP cases (a step takes a few ms) time 8 x ``--steps``
-steps per sample and build each variant 6 x ``--copies`` times (with 10 builds their A/A read
-1.03-1.06, more than the 1.02 bound; with 30, 1.002-1.023); OBS cases (a 1 % bound) take
-2 x ``--rounds`` samples and 3 x ``--copies`` builds (TF 1.15's LM Session with 5 builds read
-E/B 1.027 against an A/A of 1.039; with 15, 0.992 against 1.021).
+Every variant is built several times (``BUILD_FACTOR`` x ``--copies``: 15 builds of LM, LSO and
+OBS steps, 30 of the MLP's, 5 of FIX's by default), the copies interleaved, and a variant's time
+is the median over its copies of each copy's median: two builds of the SAME step differ by up to
+8 % here (25 % on the few-ms MLP steps; where TensorFlow placed their buffers and threads; printed
+as "builds spread", the first variant's slowest copy over its fastest), more than the 1-5 %
+bounds. ``A/A`` is the noise a ratio is read against: the first variant's builds split in two
+halves (even and odd builds), the median of one half over the other's (with 5 builds it read
+1.02-1.04 on LM, LSO and OBS; with 10, 1.03-1.06 on the MLP). The MLP cases (a step takes a few
+ms) time 8 x ``--steps`` steps per sample, FIX 64 x; OBS cases (a 1 % bound) take 2 x
+``--rounds`` samples.
 
-Usage:  python benchmarks/bench_models.py [--cases LM,MLP,LSO,OBS] [--rounds 9] [--copies 5]
+Usage:  python benchmarks/bench_models.py [--cases LM,MLP,FIX,LSO,OBS] [--rounds 9] [--copies 5]
                                           [--json out.json]
 """
 
@@ -223,6 +227,7 @@ def mlp_weights(sizes):
 
 
 MLP_SIZES = [784, 512, 512, 10]
+FIX_SIZES = [8, 4, 4, 2]  # (FIX: the MLP's step with next to no arithmetic, its fixed cost)
 LSO_SIZES = [784, 2048, 2048, 10]
 
 
@@ -244,11 +249,11 @@ def _hand_clipped_apply(variant, norm, apply):
 
 
 class MLPSession:
-    def __init__(self, variant):
+    def __init__(self, variant, sizes=MLP_SIZES):
         self.graph = tf.Graph()
         with self.graph.as_default():
-            x, y = mlp_data(MLP_SIZES)
-            weights = [tf1.Variable(w, name="w{}".format(i)) for i, w in enumerate(mlp_weights(MLP_SIZES))]
+            x, y = mlp_data(sizes)
+            weights = [tf1.Variable(w, name="w{}".format(i)) for i, w in enumerate(mlp_weights(sizes))]
             h = tf.constant(x)
             for i in range(0, len(weights), 2):
                 h = tf.matmul(h, weights[i]) + weights[i + 1]
@@ -287,9 +292,9 @@ def _xent(y, logits):
 
 
 class MLPFunction:
-    def __init__(self, variant):
-        model = keras_mlp(MLP_SIZES)
-        x, y = (tf.constant(a) for a in mlp_data(MLP_SIZES))
+    def __init__(self, variant, sizes=MLP_SIZES):
+        model = keras_mlp(sizes)
+        x, y = (tf.constant(a) for a in mlp_data(sizes))
         adam = tf.keras.optimizers.Adam(1e-3)
         if variant in HAND_CLIPPED:
             optimizer = adam
@@ -407,6 +412,32 @@ def _ablated():
          _state.StepState.record_applied) = saved
 
 
+@contextlib.contextmanager
+def _without_counters():
+    """safegrad with its ``StepState`` counters never updated (an ablation of the steps built
+    meanwhile, in this process only): what the documented counters cost a step."""
+    from safegrad import _state
+
+    saved = _state.StepState.record_applied, _state.StepState.record_skipped
+    _state.StepState.record_applied = _state.StepState.record_skipped = lambda self, *args, **kwargs: []
+    try:
+        yield
+    finally:
+        _state.StepState.record_applied, _state.StepState.record_skipped = saved
+
+
+class FixedCost:
+    """FIX: the MLP step at FIX_SIZES; SRn/SSn: SR/SS built without the counters."""
+
+    def __init__(self, build, variant):
+        with _without_counters() if variant.endswith("n") else contextlib.nullcontext():
+            self.step = build(variant.rstrip("n"), FIX_SIZES)
+        self.sess, self.fetches = getattr(self.step, "sess", None), getattr(self.step, "fetches", None)
+
+    def __call__(self):
+        self.step()
+
+
 class Observed:
     """OBS: a step built ablated (B) or as shipped (E); built and traced here."""
 
@@ -422,12 +453,19 @@ class Observed:
 # --------------------------------------------------------------------------------------------
 
 
+FIX_VARIANTS = ("H", "SR", "SS", "HR", "HS", "SRn", "SSn")
+# Builds of each variant: --copies x this (see the module docstring). FIX's steps do next to no
+# arithmetic: their builds agree within a few microseconds.
+BUILD_FACTOR = {"LM": 3, "MLP": 6, "FIX": 1, "LSO": 3, "OBS": 3}
+
+
 def cases():
     tf2 = TF_VERSION >= (2, 0)
     out = [
         ("LM", "session", ("H", "SR", "SS"), lambda v: LMSession(v)),
         ("MLP", "session", ("H", "SR", "SS", "HR", "HS"), lambda v: MLPSession(v)),
         ("OBS", "LM session", ("B", "E"), lambda v: Observed(lambda: LMSession(v, hook=True), v)),
+        ("FIX", "session", FIX_VARIANTS, lambda v: FixedCost(MLPSession, v)),
     ]
     if tf2:
         out[2:2] = [
@@ -435,6 +473,7 @@ def cases():
             ("MLP", "function", ("H", "SR", "SS", "HR", "HS"), lambda v: MLPFunction(v)),
             ("LSO", "function", ("K", "S"), lambda v: LSOFunction(v)),
         ]
+        out.append(("FIX", "function", FIX_VARIANTS, lambda v: FixedCost(MLPFunction, v)))
         out += [
             ("OBS", "LM function", ("B", "E"), lambda v: Observed(lambda: LMFunction("SS"), v)),
             ("OBS", "MLP fit", ("B", "E"), lambda v: MLPFit(v)),
@@ -481,7 +520,7 @@ def a_a(copies):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", default="LM,MLP,LSO,OBS")
+    parser.add_argument("--cases", default="LM,MLP,FIX,LSO,OBS")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3)
@@ -504,9 +543,9 @@ def main(argv=None):
         # (copies interleaved: H, SR, SS, H, SR, SS, ... - no variant is built all first or last)
         # (a few ms per MLP step: more steps per sample, so each sample lasts tens of ms, and more
         # builds, their spread being what limits the ratio's resolution)
-        copies = args.copies * (6 if case == "MLP" else 3 if case == "OBS" else 1)
+        copies = args.copies * BUILD_FACTOR[case]
         built = {(v, c): make(v) for c in range(copies) for v in variants}
-        steps = args.steps * (8 if case == "MLP" else 1)
+        steps = args.steps * (8 if case == "MLP" else 64 if case == "FIX" else 1)
         rounds = args.rounds * (2 if case == "OBS" else 1)  # a 1 % bound: more samples
         timed = round_robin(built, rounds, steps, args.warmup)
         times = {}
@@ -521,7 +560,7 @@ def main(argv=None):
         spread = max(base) / min(base)  # the same step built again: the noise of one build
         aa = a_a(base)
         # (after the timing: a traced run is slower and must not be among the samples)
-        ops = {v: executed_ops(built[v, 0]) for v in variants} if case == "MLP" else {}
+        ops = {v: executed_ops(built[v, 0]) for v in variants} if case in ("MLP", "FIX") else {}
         entry = {"case": case, "mode": mode, "times": times, "ratios": ratios, "aa": aa, "spread": spread}
         if ops and all(o is not None for o in ops.values()):
             entry["ops_run"] = {v: sum(o.values()) for v, o in ops.items()}
@@ -533,6 +572,9 @@ def main(argv=None):
             + "  |  A/A {:.3f} (builds spread {:.3f})".format(aa, spread)
             + ("  |  traces " + " ".join("{} {}".format(v, t["traces"]) for v, t in times.items())
                if all("traces" in t for t in times.values()) else ""))
+        if case == "FIX":
+            print("  per step beyond {}: ".format(variants[0]) + "  ".join(
+                "{} {:+.0f} us".format(v, 1e6 * (median[v] - median[variants[0]])) for v in variants[1:]))
         if "ops_run" in entry:
             print("  ops run in one step: " + "  ".join("{} {}".format(v, n) for v, n in entry["ops_run"].items()))
             for v, diff in entry["ops_beyond_first"].items():

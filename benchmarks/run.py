@@ -132,9 +132,31 @@ def models_part(args, tmp):
     return _run_for_json("bench_models.py", ["--rounds", str(args.rounds)], tmp)
 
 
+def fixed_cost_us(entry):
+    """FIX rows: each variant's time per step beyond the first variant's (H), in microseconds."""
+    times, first = entry["times"], next(iter(entry["times"]))
+    return {v: 1e6 * (t["median_s"] - times[first]["median_s"]) for v, t in times.items() if v != first}
+
+
+def _fixed_cost_detail(fixed, variant, entry):
+    """What FIX measured of ``variant``'s fixed cost, as a share of the MLP's hand-clipped step."""
+    cost = fixed_cost_us(fixed)
+    if variant not in cost:
+        return ""
+    step_us = 1e6 * entry["times"]["H"]["median_s"]
+    without = cost.get(variant + "n")
+    return "; fixed cost per step beyond H (FIX): {} {:+.0f} us = {:.1f} % of H's {:.2f} ms{}".format(
+        variant, cost[variant], 100 * cost[variant] / step_us, step_us / 1e3,
+        ", without its counters {:+.0f} us".format(without) if without is not None else "")
+
+
 def models_verdicts(report):
     verdicts = []
+    # FIX (the MLP's step with next to no arithmetic) is context for the MLP's targets, none itself
+    fixed = {e["mode"]: e for e in report["results"] if e["case"] == "FIX"}
     for entry in report["results"]:
+        if entry["case"] == "FIX":
+            continue
         ratios = entry["ratios"]
         for key, value in ratios.items():
             if key not in MODEL_TARGETS:  # (a hand-written floor: read beside the target it bounds)
@@ -144,6 +166,8 @@ def models_verdicts(report):
             detail = "A/A {:.3f} (two halves of one step's builds)".format(entry["aa"])
             if floor is not None:
                 detail += "; the hand-written {} {:.3f}".format(MODEL_FLOORS[key], floor)
+            if entry["case"] == "MLP" and entry["mode"] in fixed:
+                detail += _fixed_cost_detail(fixed[entry["mode"]], key.split("/")[0], entry)
             verdicts.append(_verdict(target, "{} {}, {}".format(entry["case"], entry["mode"], key), value,
                                      bound, detail, floor=floor, noise=entry["aa"],
                                      spread=min(entry["aa"], FLOOR_SPREAD)))
@@ -154,6 +178,13 @@ def models_verdicts(report):
                                      "{} {}, traces".format(entry["case"], entry["mode"]), worst, traces["H"],
                                      " ".join("{} {}".format(v, n) for v, n in sorted(traces.items()))))
     return verdicts
+
+
+def _ratios_cell(entry):
+    """A case's ratios; FIX's (no target) as each variant's time per step beyond the first's."""
+    if entry["case"] == "FIX":
+        return ", ".join("{} {:+.0f} us".format(v, us) for v, us in fixed_cost_us(entry).items())
+    return ", ".join("{} **{:.3f}**".format(k, r) for k, r in entry["ratios"].items())
 
 
 def _ops_cell(entry):
@@ -425,7 +456,11 @@ def _markdown(report, args):
         lines += ["Real models, loss scaling, explain (`bench_models.py`, {} rounds): builds of each variant "
                   "(copies, interleaved), ms per step (median over the copies), ratios, A/A (the first "
                   "variant's builds in two halves, even and odd: the median of one over the other's), "
-                  "first-call traces.".format(args.rounds), "",
+                  "first-call traces.".format(args.rounds)
+                  + (" FIX, the MLP's step at 8-4-4-2 units (next to no arithmetic), shows instead of ratios "
+                     "each variant's fixed cost per step beyond H; SRn / SSn are SR / SS built without "
+                     "safegrad's counters (an ablation)."
+                     if any(e["case"] == "FIX" for e in report["models"]["results"]) else ""), "",
                   "| case | mode | builds | ms per step | ratios | A/A | traces | ops run beyond the first |",
                   "|---|---|---|---|---|---|---|---|"]
         for entry in report["models"]["results"]:
@@ -433,7 +468,7 @@ def _markdown(report, args):
             lines.append("| {} | {} | {} | {} | {} | {:.3f} | {} | {} |".format(
                 entry["case"], entry["mode"], len(next(iter(times.values()))["copies_s"]),
                 ", ".join("{} {:.2f}".format(v, 1e3 * t["median_s"]) for v, t in times.items()),
-                ", ".join("{} **{:.3f}**".format(k, r) for k, r in entry["ratios"].items()), entry["aa"],
+                _ratios_cell(entry), entry["aa"],
                 ", ".join("{} {}".format(v, t["traces"]) for v, t in times.items() if "traces" in t) or "-",
                 _ops_cell(entry)))
         lines.append("")

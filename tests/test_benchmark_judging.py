@@ -324,3 +324,49 @@ def test_readme_shows_the_saved_results(version, tmp_path):
     assert "\nTensorFlow {}.\n".format(report["tensorflow"]) in original
     assert readme.read_text() == original
     assert (tmp_path / (version + ".md")).read_text() == open(saved + ".md").read()
+
+
+def _fix_row(mode, us):
+    """bench_models' FIX row: H's step 0.4 ms, each variant ``us`` microseconds more."""
+    times = {"H": {"median_s": 4e-4, "copies_s": [4e-4]}}
+    times.update({v: {"median_s": 4e-4 + u * 1e-6, "copies_s": [4e-4 + u * 1e-6]} for v, u in us.items()})
+    return {"case": "FIX", "mode": mode, "aa": 1.01, "times": times,
+            "ratios": {"{}/H".format(v): t["median_s"] / 4e-4 for v, t in times.items() if v != "H"}}
+
+
+def test_fixed_cost_is_context_for_the_mlp_targets_and_no_target_itself():
+    mlp = _models_row("MLP", "function", 1.023)
+    mlp["times"]["H"]["median_s"] = 0.005
+    report = {"results": [mlp, _fix_row("function", {"SS": 100.0, "SSn": 60.0, "HS": 30.0}),
+                          _fix_row("session", {"SS": 10.0})]}
+    verdicts = _run_py().models_verdicts(report)
+    assert [v["where"] for v in verdicts] == ["MLP function, SS/H"]  # FIX's 1.25 judged nowhere
+    assert verdicts[0]["detail"].endswith(
+        "; fixed cost per step beyond H (FIX): SS +100 us = 2.0 % of H's 5.00 ms, without its counters +60 us")
+    report = {"tensorflow": "2.21.0", "models": report, "targets": verdicts}
+    args = _run_py().main.__globals__["argparse"].Namespace(memory_repeats=3, runs=5, rounds=9)
+    table = _run_py()._markdown(report, args)
+    assert "| FIX | function | 1 | H 0.40, SS 0.50, SSn 0.46, HS 0.43 | SS +100 us, SSn +60 us, HS +30 us |" in table
+    assert "SRn / SSn are SR / SS built without safegrad's counters" in table
+
+
+@pytest.mark.parametrize("ablated", [False, True])
+def test_fixed_cost_ablation_leaves_out_the_counters_and_nothing_else(mode, ablated):
+    # SRn / SSn: the step still clips and applies; only safegrad's StepState stops counting
+    import contextlib
+
+    import safegrad
+    from safegrad._state import StepState
+    from safegrad._tf import tf, tf1
+
+    variable = mode.variable(np.ones(4), "v")
+    optimizer = tf1.train.GradientDescentOptimizer(0.1)
+    shipped = StepState.record_applied, StepState.record_skipped
+    with _script("bench_models")._without_counters() if ablated else contextlib.nullcontext():
+        run = mode.step(lambda g: safegrad.apply_gradients(optimizer, [(g + tf.zeros_like(variable), variable)],
+                                                           clip_norm=1.0, on_nonfinite="skip"),
+                        np.ones(4, np.float32))
+        run(np.full(4, 2.0, np.float32))  # (built, traced or run eagerly here) norm 4, clipped to 1
+    np.testing.assert_allclose(mode.read(variable), np.full(4, 1.0 - 0.1 * 0.5), rtol=1e-6)
+    assert mode.read(safegrad.step_state(optimizer).steps) == (0 if ablated else 1)
+    assert (StepState.record_applied, StepState.record_skipped) == shipped  # restored after the build
