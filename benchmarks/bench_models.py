@@ -40,7 +40,8 @@ Cases (``--cases``):
              Session, ``safegrad.ExplainHook``; in ``fit``, ``safegrad.ExplainCallback``
 
 Every variant is built several times (``BUILD_FACTOR`` x ``--copies``: 15 builds of LM, LSO and
-OBS steps and FIX's, 30 of the MLP's by default), the copies interleaved, and a variant's time
+OBS steps and FIX's, 30 of the MLP's by default), the copies interleaved, each copy's variants
+in a rotated order (built and timed: H, SR, SS, then SR, SS, H, ...), and a variant's time
 is the median over its copies of each copy's median: two builds of the SAME step differ by up to
 8 % here (25 % on the few-ms MLP steps; where TensorFlow placed their buffers and threads; printed
 as "builds spread", the first variant's slowest copy over its fastest), more than the 1-5 %
@@ -508,6 +509,13 @@ def ops_beyond(ops, base):
     return {k: d for k, d in diff.items() if d}
 
 
+def rotated(variants, copy):
+    """``variants`` rotated left by ``copy`` places: the order copy number ``copy`` is built and
+    timed in."""
+    k = copy % len(variants)
+    return tuple(variants[k:]) + tuple(variants[:k])
+
+
 def a_a(copies):
     """The A/A ratio of a variant's builds: the median of its even-numbered builds against that of
     its odd-numbered ones (larger over smaller) - how far apart two medians over builds of the SAME
@@ -540,11 +548,13 @@ def main(argv=None):
     for case, mode, variants, make in cases():
         if case not in wanted:
             continue
-        # (copies interleaved: H, SR, SS, H, SR, SS, ... - no variant is built all first or last)
+        # (copies interleaved: H, SR, SS, SR, SS, H, ... - no variant is built all first or last)
         # (a few ms per MLP step: more steps per sample, so each sample lasts tens of ms, and more
         # builds, their spread being what limits the ratio's resolution)
         copies = args.copies * BUILD_FACTOR[case]
-        built = {(v, c): make(v) for c in range(copies) for v in variants}
+        # (each copy's variants in a rotated order, which is also the order they are timed in: no
+        # variant is always built, or timed, first in its copy)
+        built = {(v, c): make(v) for c in range(copies) for v in rotated(variants, c)}
         steps = args.steps * (8 if case == "MLP" else 64 if case == "FIX" else 1)
         rounds = args.rounds * (2 if case == "OBS" else 1)  # a 1 % bound: more samples
         timed = round_robin(built, rounds, steps, args.warmup)

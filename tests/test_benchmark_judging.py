@@ -370,3 +370,11 @@ def test_fixed_cost_ablation_leaves_out_the_counters_and_nothing_else(mode, abla
     np.testing.assert_allclose(mode.read(variable), np.full(4, 1.0 - 0.1 * 0.5), rtol=1e-6)
     assert mode.read(safegrad.step_state(optimizer).steps) == (0 if ablated else 1)
     assert (StepState.record_applied, StepState.record_skipped) == shipped  # restored after the build
+
+
+def test_each_copy_builds_and_times_the_variants_in_a_rotated_order():
+    # no variant is always first in its copy (built first, timed first in every round)
+    rotated = _script("bench_models").rotated
+    orders = [rotated(("H", "SR", "SS"), c) for c in range(4)]
+    assert orders == [("H", "SR", "SS"), ("SR", "SS", "H"), ("SS", "H", "SR"), ("H", "SR", "SS")]
+    assert sorted(o[0] for o in orders[:3]) == ["H", "SR", "SS"]
