@@ -319,11 +319,12 @@ def main(argv=None):
 # --------------------------------------------------------------------------------------------
 # --merge: rows re-measured by one benchmark script replace the same rows of an earlier report
 
-# part -> (the fields naming a row, the benchmark script whose --json report has such rows)
+# part -> (the fields naming a row, a field only that script's rows have, the benchmark script
+# whose --json report has such rows; bench_step's rows also have a model and a mode)
 MERGEABLE = {
-    "models": (("case", "mode"), "bench_models.py"),
-    "scale": (("mode", "variables"), "bench_scale.py"),
-    "memory": (("model", "mode"), "bench_memory.py"),
+    "models": (("case", "mode"), "aa", "bench_models.py"),
+    "scale": (("mode", "variables"), "ratio_to_V0", "bench_scale.py"),
+    "memory": (("model", "mode"), "peak_mib", "bench_memory.py"),
 }
 
 
@@ -335,13 +336,13 @@ def _part_of(measured, source):
     """Which part a benchmark script's --json report holds (its rows' fields tell)."""
     rows = measured.get("results") if isinstance(measured, dict) else None
     if rows:
-        for part, (fields, _) in MERGEABLE.items():
-            if all(all(k in row for k in fields) for row in rows) and (part != "memory" or "peak_mib" in rows[0]):
+        for part, (fields, marker, _) in MERGEABLE.items():
+            if all(all(k in row for k in fields + (marker,)) for row in rows):
                 return part
     raise ValueError(
         "--merge takes the --json report of {}. Received: {} (no rows of any of them; bench_step.py's "
         "runs cannot be merged: re-run the step part)".format(
-            ", ".join(script for _, script in MERGEABLE.values()), source))
+            ", ".join(script for _, _, script in MERGEABLE.values()), source))
 
 
 def merge_rows(report, measured, source):
@@ -377,20 +378,34 @@ def merge_rows(report, measured, source):
 # --readme: the README's results block of this TensorFlow version
 
 
+def _counts(targets):
+    """How many targets are met, not met at the floor, not met within the A/A, not met otherwise."""
+    count = {k: sum(v[k] for v in targets) for k in ("met", "at_floor", "within_noise")}
+    count["other"] = len(targets) - sum(count.values())
+    return count
+
+
+def _value_text(verdict):
+    return "{:.3f}".format(verdict["value"]) if isinstance(verdict["value"], float) else str(verdict["value"])
+
+
+def _missed_label(verdict):
+    """Why a target not met is not: at the floor, within A/A, or neither."""
+    return "at the floor" if verdict["at_floor"] else "within A/A" if verdict["within_noise"] else None
+
+
 def summary_lines(targets):
     """The count of targets met, and one line per target not met (the README's summary)."""
-    count = {k: sum(v[k] for v in targets) for k in ("met", "at_floor", "within_noise")}
-    missed = [v for v in targets if not v["met"]]
-    if not missed:
+    count = _counts(targets)
+    if count["met"] == len(targets):
         return ["{} of {} targets met.".format(count["met"], len(targets))]
     lines = ["{} of {} targets met; not met: {} at the measured floor, {} within the A/A, {} other:".format(
-        count["met"], len(targets), count["at_floor"], count["within_noise"],
-        len(missed) - count["at_floor"] - count["within_noise"]), ""]
-    for v in missed:
-        value = "{:.3f}".format(v["value"]) if isinstance(v["value"], float) else str(v["value"])
-        label = "at the floor" if v["at_floor"] else "within A/A" if v["within_noise"] else "not met"
-        lines.append("* {} ({}): {}, {}{}".format(v["target"], v["where"], value, label,
-                                                  "; " + v["detail"] if v["detail"] else ""))
+        count["met"], len(targets), count["at_floor"], count["within_noise"], count["other"]), ""]
+    for v in targets:
+        if not v["met"]:
+            lines.append("* {} ({}): {}, {}{}".format(v["target"], v["where"], _value_text(v),
+                                                      _missed_label(v) or "not met",
+                                                      "; " + v["detail"] if v["detail"] else ""))
     return lines
 
 
@@ -412,8 +427,9 @@ def update_readme(text, tensorflow, block):
     if end < 0:
         raise ValueError("--readme: the README has no line {!r} ending the results blocks".format(README_END))
     blocks = [(m.start() + 1, m.group(1)) for m in re.finditer(r"\nTensorFlow ([0-9][^\n]*)\.\n", text[:end])]
-    if start_line in text[:end]:
-        start = text.index(start_line, 0, end) + 1
+    found = text.find(start_line, 0, end)
+    if found >= 0:
+        start = found + 1
         following = [s for s, _ in blocks if s > start]
         stop = following[0] if following else end + 1
         return text[:start] + block + text[stop:]
@@ -506,18 +522,15 @@ def _markdown(report, args):
             + ".", ""]
     lines += ["| target | where | measured | bound | met | context |", "|---|---|---|---|---|---|"]
     for v in report["targets"]:
-        value = "{:.3f}".format(v["value"]) if isinstance(v["value"], float) else str(v["value"])
         lines.append("| {} | {} | {} | {} | {} | {} |".format(
-            v["target"], v["where"], value, v["bound"],
-            "yes" if v["met"] else "no: at the floor" if v["at_floor"] else
-            "no: within A/A" if v["within_noise"] else "**no**", v["detail"]))
-    count = {k: sum(v[k] for v in report["targets"]) for k in ("met", "at_floor", "within_noise")}
+            v["target"], v["where"], _value_text(v), v["bound"],
+            "yes" if v["met"] else "no: " + _missed_label(v) if _missed_label(v) else "**no**", v["detail"]))
+    count = _counts(report["targets"])
     lines += ["", "{} of {} targets met. Not met: {} at the measured floor (the hand-written step doing the "
               "same work, within {:.0f} % or the case's A/A if less), {} within the A/A (two halves of one "
               "step's builds differ as much), "
               "{} other.".format(count["met"], len(report["targets"]), count["at_floor"], 100 * (FLOOR_SPREAD - 1),
-                                 count["within_noise"],
-                                 len(report["targets"]) - sum(count.values()))]
+                                 count["within_noise"], count["other"])]
     return "\n".join(lines) + "\n"
 
 

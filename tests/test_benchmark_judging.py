@@ -229,7 +229,8 @@ def test_merged_rows_replace_the_same_rows_and_are_named_in_the_tables(tmp_path)
     ({"tensorflow": "1.15.5", "results": [_models_row("MLP", "session", 1.0)]}, "measured TensorFlow 1.15.5"),
     # bench_step.py's runs (model, mode, ratios) cannot be merged row by row
     ({"tensorflow": "2.21.0", "results": [{"model": "M1", "mode": "function", "ratios": {}}]}, "bench_step.py"),
-    ({"tensorflow": "2.21.0", "results": [{"mode": "graph", "variables": 1000}], "repeats": 3}, "no scale part"),
+    ({"tensorflow": "2.21.0", "results": [{"mode": "graph", "variables": 1000, "ratio_to_V0": {}}], "repeats": 3},
+     "no scale part"),
 ])
 def test_merge_refuses_rows_that_do_not_belong_to_the_report(tmp_path, capsys, later, error):
     earlier = _judged(tmp_path, [_models_row("MLP", "session", 1.01)])
