@@ -7,6 +7,7 @@ here, each use labelled with the versions it was checked on. Keras differences a
 """
 
 import contextlib
+import functools
 
 from safegrad._tf import TF_VERSION, inside_function, tf, tf1
 
@@ -43,7 +44,11 @@ def lazy_cond(pred, true_fn, false_fn):
     build. Not in a ``tf.function``: there the outer cond would be a branch function capturing
     every gradient a second time (TF 2.21, 1,000 variables: the trace 1.28 -> 1.41 x plain
     ``minimize``) for no step time that ``bench_models`` could tell apart. Under XLA (which
-    compiles the If either way) the If alone; eagerly a plain ``tf.cond``.
+    compiles the If either way) the If alone; eagerly a plain ``tf.cond``. Where a GPU (or another
+    accelerator) is visible, no If call (``if_call_is_safe``): a lowered ``tf.cond`` in a
+    ``tf.function``, a ``graph_cond`` with both branches inline in a Session graph, so that every
+    op is placed on a device with its kernel; a step then pays the Switches and dead-node visits
+    above (not measured: no GPU where safegrad is developed).
 
     Private API (``cond_v2``, the lowering attribute), present from TF 1.15 to 2.21; branches
     must not capture ref variables (TF1) - the callers capture only tensors. Both branches return
@@ -51,9 +56,38 @@ def lazy_cond(pred, true_fn, false_fn):
     """
     if tf.executing_eagerly():
         return tf.cond(pred, true_fn, false_fn)
-    if inside_function() or in_xla_context():
+    if in_xla_context():
+        return _if_call(pred, true_fn, false_fn)
+    if not if_call_is_safe():
+        # A GPU (or another accelerator) is visible: every op placed on its own, as TF does.
+        return tf.cond(pred, true_fn, false_fn) if inside_function() else graph_cond(pred, true_fn, false_fn)
+    if inside_function():
         return _if_call(pred, true_fn, false_fn)
     return graph_cond(pred, true_fn, lambda: _if_call(pred, true_fn, false_fn))
+
+
+@functools.lru_cache(maxsize=None)
+def if_call_is_safe():
+    """Whether an ``If`` kept as a function call (``_if_call``) can run any branch of
+    ``lazy_cond`` here: only when every device this process sees is a CPU (XLA's own CPU device
+    aside).
+
+    TF 1.15-2.21 (read in TF's sources, not run: no GPU where safegrad is developed): the ``If``
+    kernel instantiates its branches as single-device functions on the ``If``'s own device, and
+    nothing places their ops (``kernels/functional_ops.cc``, ``FunctionLibraryRuntime::
+    Instantiate``); an ``If`` placed on a GPU, beside the gradients, would run the diagnosis
+    branch's string ops and the healthy branch's string constants on the GPU, which has no
+    kernels for them. (TF lowers its own conds so that branch ops get their own devices.) The
+    visible PHYSICAL devices are listed: that creates no device and takes no GPU memory, unlike
+    listing logical ones (which would, in a TF 1.15 Session program, before the Session's own).
+    """
+    # (TF 1.15 has it in tf.config.experimental only)
+    config = tf.config if hasattr(tf.config, "get_visible_devices") else tf.config.experimental
+    try:
+        devices = config.get_visible_devices()
+    except (AttributeError, RuntimeError, ValueError):  # pragma: no cover
+        return False
+    return all(d.device_type == "CPU" or d.device_type.startswith("XLA_") for d in devices)
 
 
 def _if_call(pred, true_fn, false_fn):

@@ -2,7 +2,7 @@
 
 ``mode`` runs a test body in a graph + ``tf.compat.v1.Session`` (every env) and in ``tf.function``
 and eagerly (TF2 envs); ``tf2_mode`` only the TF2 modes; ``graph_mode`` only the graph. See
-``helpers.Mode``.
+``helpers.Mode``. ``gpu_host``: safegrad's graphs built as on a host with a GPU.
 """
 
 import os
@@ -31,6 +31,15 @@ def tf2_mode(request):
 def graph_mode():
     with Mode("graph") as m:
         yield m
+
+
+@pytest.fixture
+def gpu_host(monkeypatch):
+    """safegrad builds its graphs as it does where a GPU is visible (no ``If`` kept as a function
+    call; see ``_compat.if_call_is_safe``), while they run here, on the CPU."""
+    from safegrad import _compat
+
+    monkeypatch.setattr(_compat, "if_call_is_safe", lambda: False)
 
 
 def pytest_report_header(config):
