@@ -152,7 +152,10 @@ def test_check_is_on_raw_gradients_before_value_clipping(mode):
         run(np.array([INF, 0.0, 0.0], np.float32), Y)  # clip_by_value alone would hide the Inf
 
 
-def test_overflowing_but_finite_gradients_are_clipped_not_skipped(mode):
+@pytest.mark.parametrize("host", ["cpu", "gpu"])
+def test_overflowing_but_finite_gradients_are_clipped_not_skipped(mode, host, request):
+    if host == "gpu":  # (the graph built where a GPU is visible: tests/test_devices.py)
+        request.getfixturevalue("gpu_host")
     model = LinearModel(mode, w0=np.zeros(1000), b0=(0.0,))
     optimizer = tf1.train.GradientDescentOptimizer(1.0)
     run = model.step(optimizer, clip_norm=1.0, on_nonfinite="skip")

@@ -103,17 +103,8 @@ def test_skip_is_bit_exact_and_counted(mode, gpu_host):
     assert mode.read([state.total_skips, state.consecutive_skips]) == [1, 0]
 
 
-def test_norms_beyond_float32_squares_are_exact(mode, gpu_host):
-    # The overflow / underflow path of the norm (the branch a healthy step does not take).
-    model = LinearModel(mode, w0=np.zeros(1000), b0=(0.0,))
-    optimizer = tf1.train.GradientDescentOptimizer(1.0)
-    run = model.step(optimizer, clip_norm=1.0, on_nonfinite="skip")
-    run(np.full(1000, 1e20, np.float32), np.zeros(1, np.float32))
-    w1, _ = model.values()
-    np.testing.assert_allclose(w1, np.full(1000, -1.0 / np.sqrt(1000.0)), rtol=1e-5)
-    state = safegrad.step_state(optimizer)
-    norm, skipped = mode.read([state.global_norm, state.skipped])
-    np.testing.assert_allclose(norm, 3.1622776e21, rtol=1e-5)
-    assert not skipped
+def test_norms_below_float32_squares_are_exact(mode, gpu_host):
+    # The underflow path of the norm (a branch a healthy step does not take); the overflow path
+    # is tested on both hosts in test_clip_and_apply.py.
     tiny = mode.step(lambda g: safegrad.global_norm([g]), np.zeros(2, np.float32))
     np.testing.assert_allclose(tiny(np.array([3e-20, 4e-20], np.float32)), 5e-20, rtol=1e-6)
